@@ -1,0 +1,1 @@
+"""vod-webhook: dependable ApsaraVideo VOD dynamic-image callbacks, fanned out over Redis."""

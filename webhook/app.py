@@ -1,0 +1,230 @@
+"""The Starlette app: the VOD callback route, probes, and the one place errors become HTTP answers."""
+
+from __future__ import annotations
+
+import re
+import signal
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+import structlog
+from starlette.applications import Starlette
+from starlette.datastructures import State
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from webhook.errors import PayloadError, PayloadTooLarge, StoreUnavailable, WebhookError
+from webhook.events import parse_callback
+from webhook.settings import Settings, check_receiver_settings
+from webhook.signature import verify_signature
+from webhook.store import Store
+
+logger = structlog.get_logger("webhook.app")
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def create_app(settings: Settings) -> Starlette:
+    """The receiver app for `settings`; raises ConfigError for a configuration it must not run."""
+    check_receiver_settings(settings)
+    auth_keys = [key.get_secret_value() for key in settings.auth_keys]
+
+    async def receive_callback(request: Request) -> Response:
+        started = time.perf_counter()
+        log = logger.bind(request_id=request.state.request_id)
+        store: Store = request.app.state.store
+        try:
+            received_at = datetime.now(UTC)
+            _check_content_length(request, settings.max_body_bytes)
+            if auth_keys:
+                verify_signature(
+                    timestamp=request.headers.get("x-vod-timestamp"),
+                    signature=request.headers.get("x-vod-signature"),
+                    callback_url=settings.callback_url or "",
+                    auth_keys=auth_keys,
+                    now=time.time(),
+                    max_skew_seconds=settings.max_skew_seconds,
+                )
+            body = await _read_body(request, settings.max_body_bytes)
+            envelope = parse_callback(body, received_at)
+            log = log.bind(event_type=envelope.event_type, job_id=envelope.job_id)
+            recorded = await store.record(envelope)
+        except WebhookError as exc:
+            log.warning(
+                "callback_rejected",
+                status=exc.status_code,
+                error=exc.code,
+                detail=exc.detail,
+                duration_ms=_ms_since(started),
+            )
+            raise
+        log.info(
+            "callback_duplicate" if recorded.duplicate else "callback_accepted",
+            id=recorded.id,
+            status=200,
+            duration_ms=_ms_since(started),
+        )
+        return JSONResponse(
+            {
+                "status": "duplicate" if recorded.duplicate else "accepted",
+                "duplicate": recorded.duplicate,
+                "id": recorded.id,
+                "event_type": envelope.event_type,
+                "job_id": envelope.job_id,
+            }
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if request.app.state.draining:
+            raise StoreUnavailable("shutting down", "shutting_down")
+        store: Store = request.app.state.store
+        await store.ensure_ready()
+        return JSONResponse({"status": "ready"})
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        store = Store.from_settings(settings)
+        app.state.store = store
+        app.state.draining = False
+        try:
+            await store.ensure_ready()
+            logger.info("store_ready", key_prefix=settings.key_prefix)
+        except StoreUnavailable as exc:
+            logger.warning("store_unavailable", detail=exc.detail)
+        if not auth_keys:
+            logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
+        restore_signals = _mark_draining_on_signal(app.state)
+        try:
+            yield
+        finally:
+            restore_signals()
+            await store.close()
+
+    app = Starlette(
+        routes=[
+            Route(settings.callback_path, receive_callback, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+        exception_handlers={
+            WebhookError: _webhook_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=lifespan,
+    )
+    app.add_middleware(_RequestIdMiddleware)
+    return app
+
+
+class _RequestIdMiddleware:
+    """Give every request an id (the caller's X-Request-Id when sane) and echo it back."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def _check_content_length(request: Request, limit: int) -> None:
+    declared = request.headers.get("content-length")
+    if declared is None:
+        return
+    if not declared.isdigit():
+        raise PayloadError("Content-Length must be a non-negative integer", "invalid_request")
+    if int(declared) > limit:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """Read at most `limit` bytes; a longer body is refused as soon as it passes the limit."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
+        chunks.append(chunk)
+    if size == 0:
+        raise PayloadError("body is empty; expected a JSON VOD event", "invalid_json")
+    return b"".join(chunks)
+
+
+def _mark_draining_on_signal(state: State) -> Callable[[], None]:
+    """Flag readiness down as soon as SIGTERM/SIGINT arrives, then let the server drain as usual.
+
+    uvicorn stops listening on the signal; this covers probes already connected.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(sig: int, frame: FrameType | None) -> None:
+        state.draining = True
+        handler = previous[signal.Signals(sig)]
+        if callable(handler):
+            handler(sig, frame)
+        elif handler == signal.SIG_DFL:
+            signal.signal(sig, signal.SIG_DFL)
+            signal.raise_signal(sig)
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
+
+
+def _error_response(request: Request, status: int, code: str, detail: str) -> Response:
+    headers = {"Retry-After": "1"} if status == 503 else None
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+async def _webhook_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, WebhookError)
+    return _error_response(request, exc.status_code, exc.code, exc.detail)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    response = _error_response(request, exc.status_code, code, str(exc.detail))
+    if exc.headers:
+        response.headers.update(exc.headers)
+    return response
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("request_failed", path=request.url.path)
+    return _error_response(request, 500, "internal_error", "internal error; see the server log")
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 2)

@@ -1,0 +1,232 @@
+"""VOD callback events as pydantic models, and the envelope subscribers receive.
+
+Pure functions only: `parse_callback` turns the raw body into an `Envelope` or raises PayloadError.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+import pydantic_core
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from webhook.errors import PayloadError
+
+DYNAMIC_IMAGE_COMPLETE = "DynamicImageComplete"
+
+# VOD writes `2017-03-20T07:49:17Z`, sometimes with milliseconds after a colon
+# (`…:17:123Z`); a dot is accepted too.
+_EVENT_TIME = re.compile(r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(?:[:.](\d{1,6}))?Z")
+
+
+def parse_event_time(value: object) -> datetime:
+    if isinstance(value, datetime):
+        return value
+    match = _EVENT_TIME.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError("expected UTC time as yyyy-MM-ddTHH:mm:ssZ (optionally :SSS before Z)")
+    *parts, fraction = match.groups()
+    micros = int((fraction or "0").ljust(6, "0"))
+    return datetime(*(int(p) for p in parts), micros, tzinfo=UTC)  # type: ignore[misc]
+
+
+def _blank_to_none(value: object) -> object:
+    return None if value == "" else value
+
+
+EventTime = Annotated[datetime, BeforeValidator(parse_event_time)]
+OptionalInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
+OptionalNumber = Annotated[int | float | None, BeforeValidator(_blank_to_none)]
+
+
+def decode_job_info(value: object) -> object:
+    """DynamicImageJobInfo arrives as an object, a list of one, or a JSON string of either."""
+    if isinstance(value, str):
+        if not value.strip():
+            return None
+        try:
+            value = json.loads(value)
+        except ValueError:
+            raise ValueError("is a string but not JSON") from None
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise ValueError(f"must hold exactly one job, not {len(value)}")
+        value = value[0]
+    return value
+
+
+class DynamicImageJobInfo(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    job_id: str | None = Field(None, alias="JobId")
+    status: str | None = Field(None, alias="Status")
+    file_url: str | None = Field(None, alias="FileURL")
+    file_size: OptionalInt = Field(None, alias="FileSize")
+    fps: OptionalNumber = Field(None, alias="Fps")
+    height: OptionalInt = Field(None, alias="Height")
+    width: OptionalInt = Field(None, alias="Width")
+
+
+class DynamicImageComplete(BaseModel):
+    """The callback VOD sends when a SubmitDynamicImageJob job ends."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
+
+    event_time: EventTime = Field(alias="EventTime")
+    event_type: Literal["DynamicImageComplete"] = Field(alias="EventType")
+    video_id: str = Field(alias="VideoId", min_length=1)
+    status: Literal["success", "fail"] = Field(alias="Status")
+    job_id: str = Field(alias="JobId", min_length=1)
+    error_code: str | None = Field(None, alias="ErrorCode")
+    error_message: str | None = Field(None, alias="ErrorMessage")
+    job_info: DynamicImageJobInfo | None = Field(None, alias="DynamicImageJobInfo")
+
+    @field_validator("job_info", mode="before")
+    @classmethod
+    def _decode_job_info(cls, value: object) -> object:
+        return decode_job_info(value)
+
+    @model_validator(mode="after")
+    def _success_has_file(self) -> DynamicImageComplete:
+        if self.status == "success" and (self.job_info is None or not self.job_info.file_url):
+            raise ValueError("a successful job needs DynamicImageJobInfo with its FileURL")
+        return self
+
+
+class JobResult(BaseModel):
+    file_url: str
+    file_size: int | None = None
+    fps: int | float | None = None
+    width: int | None = None
+    height: int | None = None
+
+
+class JobError(BaseModel):
+    code: str | None = None
+    message: str | None = None
+
+
+class Envelope(BaseModel):
+    """What every published message and stream entry carries, whatever the event type."""
+
+    id: str = Field("", description="The envelope's stream entry id, set when it is recorded.")
+    event_type: str
+    status: str | None = None
+    job_id: str | None = None
+    video_id: str | None = None
+    event_time: datetime | None = None
+    received_at: datetime
+    source: Literal["callback", "reconcile"] = "callback"
+    submission: dict[str, Any] | None = None
+    result: JobResult | None = None
+    error: JobError | None = None
+    payload: dict[str, Any]
+
+    @property
+    def is_job_outcome(self) -> bool:
+        return self.event_type == DYNAMIC_IMAGE_COMPLETE
+
+    def fingerprint(self) -> str:
+        """Identity of a non-job event: the same delivery re-sent has the same payload."""
+        canonical = json.dumps(self.payload, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(f"{self.event_type}\n{canonical}".encode()).hexdigest()
+
+
+def parse_callback(body: bytes, received_at: datetime) -> Envelope:
+    """Validate a callback body. Unfamiliar event types are accepted as they are."""
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise PayloadError(f"body is not valid JSON: {exc}", "invalid_json") from None
+    if not isinstance(data, dict):
+        raise PayloadError("body must be a JSON object")
+    event_type = data.get("EventType")
+    if not isinstance(event_type, str) or not event_type:
+        raise PayloadError("EventType: a non-empty string is required")
+    if event_type == DYNAMIC_IMAGE_COMPLETE:
+        return _dynamic_image_envelope(data, received_at)
+    return _generic_envelope(event_type, data, received_at)
+
+
+def _dynamic_image_envelope(data: dict[str, Any], received_at: datetime) -> Envelope:
+    try:
+        event = DynamicImageComplete.model_validate(data)
+    except ValidationError as exc:
+        raise PayloadError(f"{DYNAMIC_IMAGE_COMPLETE}: {_describe(exc)}") from None
+    info = event.job_info
+    payload = dict(data)
+    if "DynamicImageJobInfo" in payload:
+        payload["DynamicImageJobInfo"] = decode_job_info(payload["DynamicImageJobInfo"])
+    return Envelope(
+        event_type=event.event_type,
+        status=event.status,
+        job_id=event.job_id,
+        video_id=event.video_id,
+        event_time=event.event_time,
+        received_at=received_at,
+        result=JobResult(
+            file_url=info.file_url,
+            file_size=info.file_size,
+            fps=info.fps,
+            width=info.width,
+            height=info.height,
+        )
+        if info is not None and info.file_url and event.status == "success"
+        else None,
+        error=JobError(code=event.error_code, message=event.error_message)
+        if event.status == "fail"
+        else None,
+        payload=payload,
+    )
+
+
+def _generic_envelope(event_type: str, data: dict[str, Any], received_at: datetime) -> Envelope:
+    def text(*names: str) -> str | None:
+        for name in names:
+            value = data.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool) and value != "":
+                return str(value)
+        return None
+
+    try:
+        event_time: datetime | None = parse_event_time(data.get("EventTime"))
+    except ValueError:
+        event_time = None  # kept verbatim in the payload; never a reason to make VOD retry
+    status = text("Status")
+    failed = status is not None and status.lower() not in {"success", "normal"}
+    error_code = text("ErrorCode", "Code")
+    error_message = text("ErrorMessage", "Message")
+    return Envelope(
+        event_type=event_type,
+        status=status,
+        job_id=text("JobId"),
+        video_id=text("VideoId", "MediaId"),
+        event_time=event_time,
+        received_at=received_at,
+        error=JobError(code=error_code, message=error_message)
+        if failed and (error_code or error_message)
+        else None,
+        payload=data,
+    )
+
+
+def _describe(exc: ValidationError) -> str:
+    """`JobId: Field required; Status: Input should be 'success' or 'fail'`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        location = ".".join(str(part) for part in error["loc"]) or "body"
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{location}: {message}")
+    return "; ".join(parts)

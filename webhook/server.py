@@ -1,0 +1,61 @@
+"""Run the receiver under uvicorn, on Redis or on the embedded store."""
+
+from __future__ import annotations
+
+import structlog
+import uvicorn
+from starlette.applications import Starlette
+from uvicorn.supervisors import Multiprocess
+
+from webhook.app import create_app
+from webhook.embedded import EmbeddedRedis
+from webhook.logs import configure_logging
+from webhook.settings import Settings, check_receiver_settings
+
+logger = structlog.get_logger("webhook.server")
+
+
+class AppFactory:
+    """Builds the app inside each worker process (picklable, unlike the app itself)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def __call__(self) -> Starlette:
+        configure_logging(self.settings)
+        return create_app(self.settings)
+
+
+def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
+    check_receiver_settings(settings)
+    configure_logging(settings)
+    embedded = None
+    if settings.redis_url is None:
+        embedded = EmbeddedRedis(settings.embedded_port)
+        embedded.start()
+        logger.warning(
+            "embedded_store_started",
+            url=embedded.url,
+            detail="no VOD_WEBHOOK_REDIS_URL: events are kept in this process's memory and lost "
+            "when it stops; use Redis in production",
+        )
+    config = uvicorn.Config(
+        AppFactory(settings),
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
+    )
+    try:
+        if workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            uvicorn.Server(config).run()
+    finally:
+        if embedded is not None:
+            embedded.stop()

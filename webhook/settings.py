@@ -1,0 +1,181 @@
+"""Every knob of vod-webhook, read from the environment (prefix VOD_WEBHOOK_) or `.env`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "VOD_WEBHOOK_"
+
+
+class ConfigError(Exception):
+    """The configuration cannot run the service; the message says which variable and why."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    redis_url: str | None = Field(
+        None,
+        description="Redis to store and publish events in (`redis://`, `rediss://` or `unix://`). "
+        "Unset: an embedded in-memory store inside `serve` (development only).",
+    )
+    embedded_port: int = Field(
+        6399,
+        ge=1,
+        le=65535,
+        description="Loopback port the embedded store listens on when `REDIS_URL` is unset, "
+        "so `listen` and other processes can reach it.",
+    )
+    callback_url: str | None = Field(
+        None,
+        description="The callback URL exactly as registered in VOD. The signature covers this "
+        "string, not the URL a request arrives at. Required when `AUTH_KEYS` is set.",
+    )
+    auth_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated VOD AuthKeys; any of them verifies a callback "
+        "(list old and new while rotating).",
+    )
+    allow_unsigned: bool = Field(
+        False,
+        description="Accept callbacks without verifying X-VOD-SIGNATURE when no `AUTH_KEYS` are "
+        "set. Never in production.",
+    )
+    max_skew_seconds: int = Field(
+        300,
+        ge=1,
+        le=86_400,
+        description="Largest accepted distance, past or future, between X-VOD-TIMESTAMP and "
+        "this host's clock.",
+    )
+    callback_path: str = Field(
+        "/callbacks/vod", description="Path the receiver accepts VOD's POSTs on."
+    )
+    max_body_bytes: int = Field(
+        65_536,
+        ge=1_024,
+        le=16 * 1024 * 1024,
+        description="Largest callback body accepted; larger ones get 413.",
+    )
+    dedup_ttl_seconds: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="How long an outcome is remembered to recognise re-sends: the lifetime of "
+        "dedup markers and of finished job records.",
+    )
+    key_prefix: str = Field(
+        "vod",
+        min_length=1,
+        description="Prefix of every Redis key and channel. For Redis Cluster use a hash tag "
+        "such as `{vod}` so one script's keys share a slot.",
+    )
+    stream_maxlen: int = Field(
+        100_000,
+        ge=1,
+        description="Approximate number of envelopes the durable stream retains.",
+    )
+    redis_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        le=4.5,
+        description="Connect and command timeout for Redis; kept under VOD's 5 s answer deadline.",
+    )
+    shutdown_timeout_seconds: float = Field(
+        10.0,
+        ge=0,
+        description="On SIGTERM, how long in-flight requests may take to finish.",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged."
+    )
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto",
+        description="`json` lines, human `console` output, or `auto` (console on a TTY).",
+    )
+
+    @field_validator("auth_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("auth_keys")
+    @classmethod
+    def _check_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        for number, key in enumerate(keys, start=1):
+            raw = key.get_secret_value()
+            if len(raw) > 32 or not raw.isascii() or not raw.isprintable() or " " in raw:
+                raise ValueError(
+                    f"key #{number} is not a VOD AuthKey (at most 32 printable ASCII characters)"
+                )
+        return keys
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, url: str | None) -> str | None:
+        if url is None or url == "":
+            return None
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url
+
+    @field_validator("callback_url")
+    @classmethod
+    def _check_callback_url(cls, url: str | None) -> str | None:
+        if url is None or url == "":
+            return None
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must be the http:// or https:// URL registered in VOD")
+        if len(url.encode()) > 256:
+            raise ValueError("VOD accepts callback URLs of at most 256 bytes")
+        return url
+
+    @field_validator("callback_path")
+    @classmethod
+    def _check_callback_path(cls, path: str) -> str:
+        if not path.startswith("/") or path in {"/healthz", "/readyz"}:
+            raise ValueError("must start with / and not be /healthz or /readyz")
+        return path
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, turning validation failures into one readable ConfigError."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        field = ".".join(str(part) for part in error["loc"])
+        name = f"{ENV_PREFIX}{field.split('.')[0].upper()}" if field else "configuration"
+        lines.append(f"{name}: {error['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def check_receiver_settings(settings: Settings) -> None:
+    """The receiver refuses to run in a way that would accept forged callbacks by accident."""
+    if settings.auth_keys and settings.callback_url is None:
+        raise ConfigError(
+            f"{ENV_PREFIX}CALLBACK_URL is required with {ENV_PREFIX}AUTH_KEYS: the signature "
+            "covers the callback URL exactly as registered in VOD"
+        )
+    if not settings.auth_keys and not settings.allow_unsigned:
+        raise ConfigError(
+            f"no {ENV_PREFIX}AUTH_KEYS set: configure the AuthKey from VOD's callback settings "
+            f"(and {ENV_PREFIX}CALLBACK_URL), or set {ENV_PREFIX}ALLOW_UNSIGNED=true to accept "
+            "unsigned callbacks (development only)"
+        )
+
+
+def redis_url_of(settings: Settings) -> str:
+    """Where the store is: the configured Redis, or the embedded store on loopback."""
+    return settings.redis_url or f"redis://127.0.0.1:{settings.embedded_port}/0"

@@ -1,0 +1,69 @@
+"""VOD's callback authentication: X-VOD-SIGNATURE = md5_hex("<CallbackURL>|<X-VOD-TIMESTAMP>|<AuthKey>").
+
+The body is not covered, so a small clock-skew window is the only replay bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+
+from webhook.errors import VerificationError
+
+_TIMESTAMP = re.compile(r"\d{10}")
+_SIGNATURE = re.compile(r"[0-9a-fA-F]{32}")
+
+
+def sign(callback_url: str, timestamp: int | str, auth_key: str) -> str:
+    """The signature VOD sends for this URL (as registered), timestamp and key."""
+    return hashlib.md5(f"{callback_url}|{timestamp}|{auth_key}".encode()).hexdigest()
+
+
+def verify_signature(
+    *,
+    timestamp: str | None,
+    signature: str | None,
+    callback_url: str,
+    auth_keys: Sequence[str],
+    now: float,
+    max_skew_seconds: int,
+) -> None:
+    """Raise VerificationError unless the headers were signed by one of `auth_keys` recently."""
+    if timestamp is None:
+        raise VerificationError("X-VOD-TIMESTAMP header is missing", "missing_timestamp")
+    if signature is None:
+        raise VerificationError("X-VOD-SIGNATURE header is missing", "missing_signature")
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise VerificationError(
+            "X-VOD-TIMESTAMP must be Unix time in seconds (10 digits)", "malformed_timestamp"
+        )
+    if not _SIGNATURE.fullmatch(signature):
+        raise VerificationError(
+            "X-VOD-SIGNATURE must be 32 hexadecimal characters", "malformed_signature"
+        )
+    skew = int(timestamp) - now
+    if skew < -max_skew_seconds:
+        raise VerificationError(
+            f"X-VOD-TIMESTAMP is {int(-skew)} s in the past; at most {max_skew_seconds} s "
+            "is accepted",
+            "stale_timestamp",
+        )
+    if skew > max_skew_seconds:
+        raise VerificationError(
+            f"X-VOD-TIMESTAMP is {int(skew)} s in the future; at most {max_skew_seconds} s "
+            "is accepted",
+            "future_timestamp",
+        )
+    given = signature.lower().encode()
+    # Compare against every key without stopping early, so timing reveals nothing either.
+    matched = False
+    for key in auth_keys:
+        expected = sign(callback_url, timestamp, key).encode()
+        matched |= hmac.compare_digest(given, expected)
+    if not matched:
+        raise VerificationError(
+            "X-VOD-SIGNATURE does not match the configured callback URL and AuthKeys",
+            "signature_mismatch",
+        )
