@@ -1,0 +1,175 @@
+"""Fixtures: a real throwaway redis-server, settings, and the receiver served over loopback HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+import uvicorn
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from webhook.app import create_app
+from webhook.sender import signed_headers
+from webhook.settings import Settings
+
+AUTH_KEY = "Test1234Key"
+# Deliberately not the URL tests post to: the signature covers the URL as registered in VOD.
+CALLBACK_URL = "https://hooks.example.com/callbacks/vod"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """A redis-server subprocess on a free loopback port, keeping nothing on disk."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            pytest.fail("redis-server is not installed; `make test` installs it")
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        client = redis.Redis.from_url(self.url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    pytest.fail(f"redis-server did not start on port {self.port}")
+                time.sleep(0.05)
+        client.close()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    await client.flushall()
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
+    """Settings for a test, from nothing but its arguments (the environment and .env are ignored)."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "auth_keys": AUTH_KEY,
+            "callback_url": CALLBACK_URL,
+            **overrides,
+        }
+        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+    return make
+
+
+Receiver = Callable[..., Awaitable[str]]
+
+
+@pytest.fixture
+async def start_receiver(
+    make_settings: Callable[..., Settings],
+) -> AsyncIterator[Receiver]:
+    """Serve `create_app(settings)` with uvicorn on a loopback port; returns its base URL."""
+    running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
+
+    async def start(**overrides: Any) -> str:
+        app = create_app(make_settings(**overrides))
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        running.append((server, task))
+        while not server.started:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    yield start
+    for server, task in running:
+        server.should_exit = True
+        with suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=10) as client:
+        yield client
+
+
+def vod_headers(
+    key: str = AUTH_KEY, url: str = CALLBACK_URL, timestamp: int | None = None
+) -> dict[str, str]:
+    return signed_headers(url, key, timestamp)
+
+
+def sample_path(name: str) -> Path:
+    return Path(__file__).parent / "samples" / name
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for CLI subprocesses: this one without any VOD_WEBHOOK_* setting."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("VOD_WEBHOOK_")}
+
+
+async def published(pubsub: PubSub, count: int, timeout: float = 3) -> list[dict[str, Any]]:
+    """The next `count` messages (not subscribe confirmations) on `pubsub`; fewer on timeout."""
+    messages: list[dict[str, Any]] = []
+    deadline = time.monotonic() + timeout
+    while len(messages) < count and (left := deadline - time.monotonic()) > 0:
+        message = await pubsub.get_message(timeout=left)
+        if message is not None and message["type"] in {"message", "pmessage"}:
+            messages.append(message)
+    return messages

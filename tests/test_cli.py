@@ -1,0 +1,257 @@
+"""The `vod-webhook` command, run as real subprocesses over loopback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from tests.conftest import AUTH_KEY, RedisServer, clean_env, free_port, sample_path, wait_for
+
+COMMAND = str(Path(sys.executable).parent / "vod-webhook")
+
+
+class Process:
+    """A CLI subprocess whose output lines are collected as they come."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.popen = subprocess.Popen(
+            [COMMAND, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        self.stdout: list[str] = []
+        self.stderr: list[str] = []
+        for stream, lines in ((self.popen.stdout, self.stdout), (self.popen.stderr, self.stderr)):
+            threading.Thread(target=self._collect, args=(stream, lines), daemon=True).start()
+
+    @staticmethod
+    def _collect(stream: object, lines: list[str]) -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.append(line)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
+        if self.popen.poll() is None:
+            self.popen.send_signal(sig)
+        code = self.popen.wait(timeout)
+        time.sleep(0.1)  # let the reader threads take the last lines
+        return code
+
+    def json_logs(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.stderr if line.startswith("{")]
+
+
+def env_for(**settings: str) -> dict[str, str]:
+    env = clean_env()
+    env.update({f"VOD_WEBHOOK_{name.upper()}": value for name, value in settings.items()})
+    env["VOD_WEBHOOK_LOG_FORMAT"] = "json"
+    return env
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [COMMAND, *args], env=env or env_for(), capture_output=True, text=True, timeout=timeout
+    )
+
+
+@contextmanager
+def serving(*args: str, **settings: str) -> Iterator[tuple[str, Process]]:
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    settings.setdefault("callback_url", f"{base}/callbacks/vod")
+    settings.setdefault("auth_keys", AUTH_KEY)
+    process = Process(["serve", "--port", str(port), *args], env_for(**settings))
+
+    def healthy() -> bool:
+        if process.popen.poll() is not None:
+            raise AssertionError("serve exited:\n" + "".join(process.stderr))
+        try:
+            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    try:
+        wait_for(healthy, 20, "the receiver to become ready")
+        yield base, process
+    finally:
+        process.stop()
+
+
+@contextmanager
+def listening(*args: str, **settings: str) -> Iterator[Process]:
+    process = Process(["listen", *args], env_for(**settings))
+    try:
+        wait_for(lambda: any("listening on" in line for line in process.stderr), 15, "listen")
+        yield process
+    finally:
+        process.stop(signal.SIGINT)
+
+
+def test_quick_start_send_test_shows_up_in_listen_on_the_embedded_store() -> None:
+    embedded = str(free_port())
+    with serving(embedded_port=embedded) as (base, server), listening(embedded_port=embedded) as listener:
+        sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
+        assert sent.returncode == 0, sent.stderr
+        assert "HTTP 200" in sent.stdout
+        job_id = sent.stdout.split("JobId=")[1].split(")")[0]
+        wait_for(lambda: len(listener.stdout) == 1, 10, "the envelope in listen")
+        envelope = json.loads(listener.stdout[0])
+        assert envelope["job_id"] == job_id
+        assert envelope["event_type"] == "DynamicImageComplete"
+        assert envelope["result"]["width"] == 320
+        assert envelope["id"] in sent.stdout
+    assert any(log["event"] == "embedded_store_started" for log in server.json_logs())
+
+
+def test_serve_on_redis_with_two_workers(redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).flushall()
+    with serving("--workers", "2", redis_url=redis_server.url) as (base, _), listening(
+        "--channel", "vod:events:DynamicImageComplete", redis_url=redis_server.url
+    ) as listener:
+        for _ in range(6):
+            sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
+            assert sent.returncode == 0, sent.stdout + sent.stderr
+        wait_for(lambda: len(listener.stdout) == 6, 10, "six envelopes")
+    assert redis.Redis.from_url(redis_server.url).xlen("vod:stream") == 6
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"auth_keys": ""}, "no VOD_WEBHOOK_AUTH_KEYS set"),
+        ({"callback_url": ""}, "VOD_WEBHOOK_CALLBACK_URL is required"),
+        ({"max_skew_seconds": "soon"}, "VOD_WEBHOOK_MAX_SKEW_SECONDS"),
+        ({"redis_url": "localhost:6379"}, "VOD_WEBHOOK_REDIS_URL: Value error, must start with"),
+        ({"callback_url": "ftp://x"}, "VOD_WEBHOOK_CALLBACK_URL"),
+        ({"auth_keys": "x" * 33}, "VOD_WEBHOOK_AUTH_KEYS"),
+    ],
+)
+def test_invalid_configuration_stops_serve_with_exit_2(settings: dict[str, str], message: str) -> None:
+    env = env_for(**{"auth_keys": AUTH_KEY, "callback_url": "https://h.example.com/cb", **settings})
+    result = run("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_embedded_port_in_use_is_a_clear_configuration_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = env_for(
+            auth_keys=AUTH_KEY,
+            callback_url="https://h.example.com/cb",
+            embedded_port=str(taken.getsockname()[1]),
+        )
+        result = run("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert "embedded store cannot listen" in result.stderr
+
+
+def test_unsigned_mode_starts_only_when_asked_and_warns() -> None:
+    with serving(
+        auth_keys="", callback_url="", allow_unsigned="true", embedded_port=str(free_port())
+    ) as (base, server):
+        body = sample_path("dynamic_image_fail.json").read_bytes()
+        assert httpx.post(f"{base}/callbacks/vod", content=body).status_code == 200
+    assert any(log["event"] == "signature_check_disabled" for log in server.json_logs())
+
+
+def test_one_log_line_per_callback_and_no_secrets(redis_server: RedisServer) -> None:
+    with serving(redis_url=redis_server.url, key_prefix="logs") as (base, server):
+        sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
+        forged = run("send-test", "--url", f"{base}/callbacks/vod", "--key", "Wrong1234")
+        assert forged.returncode == 1
+        assert "HTTP 401" in forged.stdout
+    logs = server.json_logs()
+    accepted = [log for log in logs if log["event"] == "callback_accepted"]
+    rejected = [log for log in logs if log["event"] == "callback_rejected"]
+    assert len(accepted) == 1 and len(rejected) == 1
+    job_id = sent.stdout.split("JobId=")[1].split(")")[0]
+    assert accepted[0]["job_id"] == job_id
+    assert accepted[0]["event_type"] == "DynamicImageComplete"
+    for log in (accepted[0], rejected[0]):
+        assert log["request_id"]
+        assert isinstance(log["duration_ms"], float)
+    assert rejected[0]["error"] == "signature_mismatch"
+    everything = "".join(server.stderr)
+    assert AUTH_KEY not in everything
+    assert "Wrong1234" not in everything
+    assert "X-VOD-SIGNATURE:" not in everything
+
+
+def test_sigterm_lets_an_in_flight_callback_finish(redis_server: RedisServer) -> None:
+    with serving(redis_url=redis_server.url, key_prefix="drain") as (base, server):
+        from webhook.sender import signed_headers
+
+        body = sample_path("dynamic_image_success.json").read_bytes()
+        headers = signed_headers(f"{base}/callbacks/vod", AUTH_KEY)
+        host, port = base.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port))) as conn:
+            head = f"POST /callbacks/vod HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+            conn.sendall(head.encode() + body[:20])
+            time.sleep(0.3)
+            server.popen.send_signal(signal.SIGTERM)
+            time.sleep(0.5)
+            conn.sendall(body[20:])
+            answer = conn.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 200"), answer
+        server.popen.wait(15)
+        with pytest.raises(httpx.HTTPError):
+            httpx.get(f"{base}/healthz", timeout=1)
+    assert redis.Redis.from_url(redis_server.url).xlen("drain:stream") == 1
+
+
+def test_send_test_with_a_file_and_its_failure_modes(redis_server: RedisServer, tmp_path: Path) -> None:
+    with serving(redis_url=redis_server.url, key_prefix="files") as (base, _):
+        url = f"{base}/callbacks/vod"
+        fail_event = run("send-test", "--url", url, "--key", AUTH_KEY,
+                         "--file", str(sample_path("dynamic_image_fail.json")))  # fmt: skip
+        assert fail_event.returncode == 0
+        assert '"duplicate":false' in fail_event.stdout
+        broken = tmp_path / "broken.json"
+        broken.write_text("{nope")
+        bad = run("send-test", "--url", url, "--key", AUTH_KEY, "--file", str(broken))
+        assert bad.returncode == 1
+        assert "HTTP 400" in bad.stdout and "invalid_json" in bad.stdout
+        missing = run("send-test", "--url", url, "--key", AUTH_KEY, "--file", str(tmp_path / "no"))
+        assert missing.returncode == 2
+        assert "cannot read" in missing.stderr
+        proxied = run("send-test", "--url", url, "--key", AUTH_KEY,
+                      "--callback-url", "https://public.example.com/callbacks/vod")  # fmt: skip
+        assert proxied.returncode == 1
+        assert "signature_mismatch" in proxied.stdout
+    unreachable = run("send-test", "--url", f"http://127.0.0.1:{free_port()}/cb", "--key", AUTH_KEY)
+    assert unreachable.returncode == 1
+    assert "cannot reach" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
+
+
+def test_listen_reports_an_unreachable_redis() -> None:
+    result = run("listen", env=env_for(redis_url=f"redis://127.0.0.1:{free_port()}/0"))
+    assert result.returncode == 1
+    assert "is unavailable" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("command", ["serve", "listen", "send-test"])
+def test_every_command_explains_itself(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0
+    assert f"usage: vod-webhook {command}" in result.stdout
+
+
+def test_usage_errors_exit_2() -> None:
+    assert run("serve", "--workers", "0").returncode == 2
+    assert run("send-test", "--url", "http://x").returncode == 2
+    assert run("frobnicate").returncode == 2
