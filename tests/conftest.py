@@ -90,7 +90,7 @@ async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
 
 @pytest.fixture
 def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
-    """Settings for a test, from nothing but its arguments (the environment and .env are ignored)."""
+    """Settings for a test from its arguments alone (the environment and .env are ignored)."""
 
     def make(**overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -164,10 +164,10 @@ def clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("VOD_WEBHOOK_")}
 
 
-async def published(pubsub: PubSub, count: int, timeout: float = 3) -> list[dict[str, Any]]:
+async def published(pubsub: PubSub, count: int, within: float = 3) -> list[dict[str, Any]]:
     """The next `count` messages (not subscribe confirmations) on `pubsub`; fewer on timeout."""
     messages: list[dict[str, Any]] = []
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + within
     while len(messages) < count and (left := deadline - time.monotonic()) > 0:
         message = await pubsub.get_message(timeout=left)
         if message is not None and message["type"] in {"message", "pmessage"}:

@@ -10,8 +10,8 @@ from redis.asyncio import Redis
 from tests.conftest import (
     AUTH_KEY,
     CALLBACK_URL,
-    RedisServer,
     Receiver,
+    RedisServer,
     free_port,
     published,
     sample_path,
@@ -200,7 +200,7 @@ async def test_twenty_concurrent_identical_callbacks_fan_out_once(
     assert [r.status_code for r in responses] == [200] * 20
     assert sum(not r.json()["duplicate"] for r in responses) == 1
     assert len({r.json()["id"] for r in responses}) == 1
-    assert len(await published(pubsub, 2, timeout=1)) == 1
+    assert len(await published(pubsub, 2, within=1)) == 1
     assert await redis_client.xlen("vod:stream") == 1
     await pubsub.aclose()
 
@@ -260,7 +260,9 @@ async def test_custom_callback_path_and_json_errors_for_other_routes(
     start_receiver: Receiver, http: httpx.AsyncClient
 ) -> None:
     base = await start_receiver(callback_path="/hooks/vod")
-    assert (await http.post(f"{base}/hooks/vod", content=SUCCESS, headers=vod_headers())).status_code == 200
+    assert (
+        await http.post(f"{base}/hooks/vod", content=SUCCESS, headers=vod_headers())
+    ).status_code == 200
     missing = await http.post(f"{base}/callbacks/vod", content=SUCCESS, headers=vod_headers())
     assert missing.status_code == 404
     assert missing.json()["error"] == "not_found"
@@ -269,7 +271,9 @@ async def test_custom_callback_path_and_json_errors_for_other_routes(
     assert wrong_method.json()["error"] == "method_not_allowed"
 
 
-async def test_request_id_is_echoed_or_made(start_receiver: Receiver, http: httpx.AsyncClient) -> None:
+async def test_request_id_is_echoed_or_made(
+    start_receiver: Receiver, http: httpx.AsyncClient
+) -> None:
     base = await start_receiver()
     given = await http.get(f"{base}/healthz", headers={"X-Request-Id": "abc-123"})
     assert given.headers["x-request-id"] == "abc-123"
@@ -295,7 +299,9 @@ async def test_invalid_content_length_is_a_400(start_receiver: Receiver) -> None
     assert status_line.split()[1] == b"400"
 
 
-async def test_readyz_reports_503_once_shutdown_begins(make_settings: Callable[..., Settings]) -> None:
+async def test_readyz_reports_503_once_shutdown_begins(
+    make_settings: Callable[..., Settings],
+) -> None:
     app = create_app(make_settings())
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

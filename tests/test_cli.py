@@ -57,7 +57,9 @@ def env_for(**settings: str) -> dict[str, str]:
     return env
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [COMMAND, *args], env=env or env_for(), capture_output=True, text=True, timeout=timeout
     )
@@ -98,7 +100,10 @@ def listening(*args: str, **settings: str) -> Iterator[Process]:
 
 def test_quick_start_send_test_shows_up_in_listen_on_the_embedded_store() -> None:
     embedded = str(free_port())
-    with serving(embedded_port=embedded) as (base, server), listening(embedded_port=embedded) as listener:
+    with (
+        serving(embedded_port=embedded) as (base, server),
+        listening(embedded_port=embedded) as listener,
+    ):
         sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
         assert sent.returncode == 0, sent.stderr
         assert "HTTP 200" in sent.stdout
@@ -114,9 +119,12 @@ def test_quick_start_send_test_shows_up_in_listen_on_the_embedded_store() -> Non
 
 def test_serve_on_redis_with_two_workers(redis_server: RedisServer) -> None:
     redis.Redis.from_url(redis_server.url).flushall()
-    with serving("--workers", "2", redis_url=redis_server.url) as (base, _), listening(
-        "--channel", "vod:events:DynamicImageComplete", redis_url=redis_server.url
-    ) as listener:
+    with (
+        serving("--workers", "2", redis_url=redis_server.url) as (base, _),
+        listening(
+            "--channel", "vod:events:DynamicImageComplete", redis_url=redis_server.url
+        ) as listener,
+    ):
         for _ in range(6):
             sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
             assert sent.returncode == 0, sent.stdout + sent.stderr
@@ -135,7 +143,9 @@ def test_serve_on_redis_with_two_workers(redis_server: RedisServer) -> None:
         ({"auth_keys": "x" * 33}, "VOD_WEBHOOK_AUTH_KEYS"),
     ],
 )
-def test_invalid_configuration_stops_serve_with_exit_2(settings: dict[str, str], message: str) -> None:
+def test_invalid_configuration_stops_serve_with_exit_2(
+    settings: dict[str, str], message: str
+) -> None:
     env = env_for(**{"auth_keys": AUTH_KEY, "callback_url": "https://h.example.com/cb", **settings})
     result = run("serve", "--port", str(free_port()), env=env)
     assert result.returncode == 2
@@ -175,7 +185,8 @@ def test_one_log_line_per_callback_and_no_secrets(redis_server: RedisServer) -> 
     logs = server.json_logs()
     accepted = [log for log in logs if log["event"] == "callback_accepted"]
     rejected = [log for log in logs if log["event"] == "callback_rejected"]
-    assert len(accepted) == 1 and len(rejected) == 1
+    assert len(accepted) == 1
+    assert len(rejected) == 1
     job_id = sent.stdout.split("JobId=")[1].split(")")[0]
     assert accepted[0]["job_id"] == job_id
     assert accepted[0]["event_type"] == "DynamicImageComplete"
@@ -197,7 +208,9 @@ def test_sigterm_lets_an_in_flight_callback_finish(redis_server: RedisServer) ->
         headers = signed_headers(f"{base}/callbacks/vod", AUTH_KEY)
         host, port = base.removeprefix("http://").split(":")
         with socket.create_connection((host, int(port))) as conn:
-            head = f"POST /callbacks/vod HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+            head = (
+                f"POST /callbacks/vod HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n"
+            )
             head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
             conn.sendall(head.encode() + body[:20])
             time.sleep(0.3)
@@ -212,7 +225,9 @@ def test_sigterm_lets_an_in_flight_callback_finish(redis_server: RedisServer) ->
     assert redis.Redis.from_url(redis_server.url).xlen("drain:stream") == 1
 
 
-def test_send_test_with_a_file_and_its_failure_modes(redis_server: RedisServer, tmp_path: Path) -> None:
+def test_send_test_with_a_file_and_its_failure_modes(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
     with serving(redis_url=redis_server.url, key_prefix="files") as (base, _):
         url = f"{base}/callbacks/vod"
         fail_event = run("send-test", "--url", url, "--key", AUTH_KEY,
@@ -223,7 +238,8 @@ def test_send_test_with_a_file_and_its_failure_modes(redis_server: RedisServer, 
         broken.write_text("{nope")
         bad = run("send-test", "--url", url, "--key", AUTH_KEY, "--file", str(broken))
         assert bad.returncode == 1
-        assert "HTTP 400" in bad.stdout and "invalid_json" in bad.stdout
+        assert "HTTP 400" in bad.stdout
+        assert "invalid_json" in bad.stdout
         missing = run("send-test", "--url", url, "--key", AUTH_KEY, "--file", str(tmp_path / "no"))
         assert missing.returncode == 2
         assert "cannot read" in missing.stderr

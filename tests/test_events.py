@@ -59,7 +59,10 @@ def test_documented_success_sample_is_fully_typed() -> None:
         "height": 360,
     }
     # The payload is the original event with its job info decoded from the JSON string.
-    assert envelope.payload["DynamicImageJobInfo"]["FileURL"] == "http://vod.example.com/dynamic/e6b8a1c2.gif"
+    assert (
+        envelope.payload["DynamicImageJobInfo"]["FileURL"]
+        == "http://vod.example.com/dynamic/e6b8a1c2.gif"
+    )
     assert envelope.payload["VideoId"] == "3d97d4aa1e5c4fb8a2f1c0b9e4d213dd"
 
 
@@ -88,8 +91,12 @@ def test_fail_event_carries_its_error_and_no_result() -> None:
 
 
 def test_event_time_with_milliseconds_after_a_colon() -> None:
-    assert parse_event_time("2017-03-20T07:49:17:123Z") == datetime(2017, 3, 20, 7, 49, 17, 123000, tzinfo=UTC)
-    assert parse_event_time("2017-03-20T07:49:17.5Z") == datetime(2017, 3, 20, 7, 49, 17, 500000, tzinfo=UTC)
+    assert parse_event_time("2017-03-20T07:49:17:123Z") == datetime(
+        2017, 3, 20, 7, 49, 17, 123000, tzinfo=UTC
+    )
+    assert parse_event_time("2017-03-20T07:49:17.5Z") == datetime(
+        2017, 3, 20, 7, 49, 17, 500000, tzinfo=UTC
+    )
     envelope = parse_callback(event(EventTime="2026-11-24T11:59:58:250Z"), NOW)
     assert envelope.event_time == datetime(2026, 11, 24, 11, 59, 58, 250000, tzinfo=UTC)
 
@@ -149,8 +156,14 @@ def test_ai_events_use_media_id_and_millisecond_time() -> None:
 
 
 def test_other_event_failure_and_odd_time_are_kept_not_rejected() -> None:
-    body = {"EventType": "TranscodeComplete", "VideoId": "v", "Status": "fail",
-            "ErrorCode": "TranscodeFailed", "ErrorMessage": "bad input", "EventTime": "not a time"}
+    body = {
+        "EventType": "TranscodeComplete",
+        "VideoId": "v",
+        "Status": "fail",
+        "ErrorCode": "TranscodeFailed",
+        "ErrorMessage": "bad input",
+        "EventTime": "not a time",
+    }
     envelope = parse_callback(json.dumps(body).encode(), NOW)
     assert envelope.event_time is None
     assert envelope.payload["EventTime"] == "not a time"

@@ -22,7 +22,9 @@ def verify(signature: str | None, timestamp: str | None = DOC_TIMESTAMP, **kwarg
     verify_signature(timestamp=timestamp, signature=signature, **options)  # type: ignore[arg-type]
 
 
-def rejection(signature: str | None, timestamp: str | None = DOC_TIMESTAMP, **kwargs: object) -> VerificationError:
+def rejection(
+    signature: str | None, timestamp: str | None = DOC_TIMESTAMP, **kwargs: object
+) -> VerificationError:
     with pytest.raises(VerificationError) as caught:
         verify(signature, timestamp, **kwargs)
     return caught.value
@@ -38,7 +40,10 @@ def test_hex_is_case_insensitive() -> None:
 
 
 def test_signature_covers_the_registered_url_key_and_timestamp() -> None:
-    assert rejection(DOC_SIGNATURE, callback_url="https://www.example.com/your/callback/").code == "signature_mismatch"
+    assert (
+        rejection(DOC_SIGNATURE, callback_url="https://www.example.com/your/callback/").code
+        == "signature_mismatch"
+    )
     assert rejection(DOC_SIGNATURE, auth_keys=["test124"]).code == "signature_mismatch"
     assert rejection(DOC_SIGNATURE, timestamp="1519375991").code == "signature_mismatch"
 
@@ -46,7 +51,10 @@ def test_signature_covers_the_registered_url_key_and_timestamp() -> None:
 def test_any_configured_key_verifies_during_rotation() -> None:
     verify(DOC_SIGNATURE, auth_keys=["NewKey2024", DOC_KEY])
     verify(sign(DOC_URL, DOC_TIMESTAMP, "NewKey2024"), auth_keys=["NewKey2024", DOC_KEY])
-    assert rejection(sign(DOC_URL, DOC_TIMESTAMP, "Retired1"), auth_keys=["NewKey2024", DOC_KEY]).code == "signature_mismatch"
+    assert (
+        rejection(sign(DOC_URL, DOC_TIMESTAMP, "Retired1"), auth_keys=["NewKey2024", DOC_KEY]).code
+        == "signature_mismatch"
+    )
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,11 @@ def envelope(name: str = "dynamic_image_success.json", **changes: object) -> Env
 
 
 def store_for(redis: Redis, **options: int | str) -> Store:
-    settings: dict[str, int | str] = {"prefix": "t", "stream_maxlen": 1000, "dedup_ttl_seconds": 3600}
+    settings: dict[str, int | str] = {
+        "prefix": "t",
+        "stream_maxlen": 1000,
+        "dedup_ttl_seconds": 3600,
+    }
     settings.update(options)
     return Store(redis, **settings)  # type: ignore[arg-type]
 
@@ -44,7 +48,9 @@ async def test_job_outcome_is_stored_streamed_and_published(redis_client: Redis)
 
     messages = [(m["channel"], m["data"]) for m in await published(pubsub, 3)]
     assert {channel for channel, _ in messages} == {
-        "t:events", "t:events:DynamicImageComplete", f"t:jobs:{job_id}"
+        "t:events",
+        "t:events:DynamicImageComplete",
+        f"t:jobs:{job_id}",
     }
     assert all(data == entries[0][1]["envelope"] for _, data in messages)
     await pubsub.aclose()
@@ -54,7 +60,12 @@ async def test_job_outcome_is_stored_streamed_and_published(redis_client: Redis)
     assert job["status"] == "success"
     assert job["video_id"] == "3d97d4aa1e5c4fb8a2f1c0b9e4d213dd"
     assert job["file_url"] == "http://vod.example.com/dynamic/e6b8a1c2.gif"
-    assert (job["file_size"], job["fps"], job["width"], job["height"]) == ("1048576", "15", "640", "360")
+    assert (job["file_size"], job["fps"], job["width"], job["height"]) == (
+        "1048576",
+        "15",
+        "640",
+        "360",
+    )
     assert job["envelope_id"] == recorded.id
     assert job["source"] == "callback"
     assert job["event_time"] == "2017-03-20T07:49:17+00:00"
@@ -93,7 +104,8 @@ async def test_other_events_dedup_on_their_identity(redis_client: Redis) -> None
     first = await store.record(envelope("ai_media_audit.json"))
     again = await store.record(envelope("ai_media_audit.json"))
     other = await store.record(envelope("ai_media_audit.json", MediaId="another"))
-    assert again.duplicate and again.id == first.id
+    assert again.duplicate
+    assert again.id == first.id
     assert not other.duplicate
     assert await redis_client.xlen("t:stream") == 2
     marker = f"t:seen:{envelope('ai_media_audit.json').fingerprint()}"
@@ -104,7 +116,8 @@ async def test_other_events_dedup_on_their_identity(redis_client: Redis) -> None
 async def test_stream_ids_increase_and_the_stream_is_capped(redis_client: Redis) -> None:
     store = store_for(redis_client, stream_maxlen=10)
     ids = [
-        (await store.record(envelope("ai_media_audit.json", MediaId=f"m{i}"))).id for i in range(300)
+        (await store.record(envelope("ai_media_audit.json", MediaId=f"m{i}"))).id
+        for i in range(300)
     ]
     as_tuples = [tuple(int(part) for part in entry_id.split("-")) for entry_id in ids]
     assert as_tuples == sorted(as_tuples)
@@ -141,9 +154,12 @@ async def test_embedded_store_runs_the_same_script(make_settings: Callable[..., 
         await store.ensure_ready()
         first = await store.record(envelope())
         again = await store.record(envelope())
-        assert not first.duplicate and again.duplicate and again.id == first.id
+        assert not first.duplicate
+        assert again.duplicate
+        assert again.id == first.id
         job = await store.job("b1e7a3c59e2f4d6f8a0b1c2d3e4f5a6b")
-        assert job is not None and job["status"] == "success"
+        assert job is not None
+        assert job["status"] == "success"
         assert await store.redis.xlen("vod:stream") == 1
         await store.close()
     finally:

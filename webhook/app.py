@@ -1,4 +1,4 @@
-"""The Starlette app: the VOD callback route, probes, and the one place errors become HTTP answers."""
+"""The Starlette app: the VOD callback route, probes, and where errors become HTTP answers."""
 
 from __future__ import annotations
 

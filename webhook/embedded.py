@@ -10,7 +10,7 @@ import threading
 
 from fakeredis import TcpFakeServer
 
-from webhook.settings import ConfigError, ENV_PREFIX
+from webhook.settings import ENV_PREFIX, ConfigError
 
 
 class EmbeddedRedis:

@@ -1,4 +1,4 @@
-"""structlog set-up: JSON lines (console renderer on a TTY), stdlib loggers such as uvicorn's included."""
+"""structlog set-up: JSON lines (console on a TTY), with stdlib loggers such as uvicorn's."""
 
 from __future__ import annotations
 

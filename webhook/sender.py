@@ -35,7 +35,9 @@ def sample_dynamic_image_event(job_id: str | None = None) -> dict[str, object]:
     }
 
 
-def signed_headers(callback_url: str, auth_key: str, timestamp: int | None = None) -> dict[str, str]:
+def signed_headers(
+    callback_url: str, auth_key: str, timestamp: int | None = None
+) -> dict[str, str]:
     stamp = str(int(time.time()) if timestamp is None else timestamp)
     return {
         "Content-Type": "application/json",

@@ -71,8 +71,8 @@ class Settings(BaseSettings):
     key_prefix: str = Field(
         "vod",
         min_length=1,
-        description="Prefix of every Redis key and channel. For Redis Cluster use a hash tag "
-        "such as `{vod}` so one script's keys share a slot.",
+        description="Prefix of every Redis key and channel, so several deployments can share "
+        "one Redis.",
     )
     stream_maxlen: int = Field(
         100_000,

@@ -1,6 +1,7 @@
-"""VOD's callback authentication: X-VOD-SIGNATURE = md5_hex("<CallbackURL>|<X-VOD-TIMESTAMP>|<AuthKey>").
+"""VOD's callback authentication.
 
-The body is not covered, so a small clock-skew window is the only replay bound.
+X-VOD-SIGNATURE = md5_hex("<CallbackURL>|<X-VOD-TIMESTAMP>|<AuthKey>"). The body is not
+covered, so a small clock-skew window is the only replay bound.
 """
 
 from __future__ import annotations

@@ -101,7 +101,8 @@ class Store:
         """Record and fan out `envelope` unless its job outcome or event was recorded before."""
         keys = self.keys
         body = envelope.model_dump_json()
-        assert body.startswith(_ID_PLACEHOLDER) and envelope.id == ""
+        # The script fills in the id; a recorded envelope has one already and is not re-recorded.
+        assert body.startswith(_ID_PLACEHOLDER), "envelope already recorded"
         channels = [keys.events_channel, keys.type_channel(envelope.event_type)]
         fields: list[str] = []
         if envelope.is_job_outcome and envelope.job_id:
@@ -139,4 +140,6 @@ def _job_fields(envelope: Envelope) -> list[str]:
     if envelope.error is not None:
         values["error_code"] = envelope.error.code
         values["error_message"] = envelope.error.message
-    return [item for key, value in values.items() if value is not None for item in (key, str(value))]
+    return [
+        item for key, value in values.items() if value is not None for item in (key, str(value))
+    ]

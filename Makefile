@@ -1,0 +1,44 @@
+# The two commands of the quick start: `make run` and `make test`. Both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: run test lint bench lock redis-server
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit("vod-webhook needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+## run: install and start the receiver (embedded store unless VOD_WEBHOOK_REDIS_URL is set)
+run: $(STAMP)
+	$(BIN)/vod-webhook serve $(ARGS)
+
+## test: install, lint, type-check and run the whole test suite against a throwaway redis-server
+test: $(STAMP) redis-server
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## bench: measure the callback hot path (prints figures and ratios)
+bench: $(STAMP) redis-server
+	$(BIN)/python -m bench.hot_path
+
+# The tests start their own redis-server on a free port; install it when the machine has none.
+redis-server:
+	@command -v redis-server >/dev/null || { \
+	  echo "redis-server not found: installing it with apt-get"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+## lock: re-resolve the newest allowed versions into constraints.txt
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade pip
+	.lock-venv/bin/python -m pip install --quiet -e '.[dev]'
+	.lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^pip==' > constraints.txt
+	rm -rf .lock-venv
