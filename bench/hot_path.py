@@ -1,4 +1,4 @@
-"""Callback hot path: throughput and latency of `vod-webhook serve`, against baselines from the same run.
+"""Callback hot path: throughput and latency of `vod-webhook serve`, against same-run baselines.
 
 Baselines: the same uvicorn/Starlette stack answering without Redis (HTTP cost alone), and a bare
 Redis PING from one client (one round trip). Also counts the Redis commands the receiver sends per
@@ -43,7 +43,7 @@ def wait_until_up(url: str, process: subprocess.Popen[bytes]) -> None:
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise SystemExit(f"{process.args} exited with {process.returncode}")
+            raise SystemExit(f"{process.args!r} exited with {process.returncode}")
         try:
             httpx.get(url, timeout=1)
             return
@@ -181,7 +181,9 @@ def main() -> None:
     print(f"{args.requests} signed DynamicImageComplete callbacks, {args.concurrency} concurrent")
     print(f"{'':30} {'per s':>9} {'p50 ms':>8} {'p99 ms':>8}")
     for name, figures in results.items():
-        print(f"{name:30} {figures['per_s']:9.0f} {figures['p50_ms']:8.2f} {figures['p99_ms']:8.2f}")
+        print(
+            f"{name:30} {figures['per_s']:9.0f} {figures['p50_ms']:8.2f} {figures['p99_ms']:8.2f}"
+        )
     baseline = results["baseline: HTTP only"]
     for name in ("receiver on Redis", "receiver on embedded store"):
         print(

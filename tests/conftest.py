@@ -99,7 +99,7 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
             "callback_url": CALLBACK_URL,
             **overrides,
         }
-        return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+        return Settings(_env_file=None, **values)
 
     return make
 
@@ -173,3 +173,11 @@ async def published(pubsub: PubSub, count: int, within: float = 3) -> list[dict[
         if message is not None and message["type"] in {"message", "pmessage"}:
             messages.append(message)
     return messages
+
+
+async def stream_entries(redis: Redis, key: str) -> list[tuple[str, dict[str, str]]]:
+    entries = await redis.xrange(key) or []
+    return [
+        (str(entry_id), {str(k): str(v) for k, v in (fields or {}).items()})
+        for entry_id, fields in entries
+    ]

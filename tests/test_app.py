@@ -15,6 +15,7 @@ from tests.conftest import (
     free_port,
     published,
     sample_path,
+    stream_entries,
     vod_headers,
 )
 from webhook.app import create_app
@@ -43,7 +44,7 @@ async def test_signed_callback_is_stored_and_acknowledged(
     assert answer["duplicate"] is False
     assert answer["job_id"] == JOB_ID
     assert response.headers["x-request-id"]
-    entries = await redis_client.xrange("vod:stream")
+    entries = await stream_entries(redis_client, "vod:stream")
     assert [entry_id for entry_id, _ in entries] == [answer["id"]]
     assert (await redis_client.hgetall(f"vod:job:{JOB_ID}"))["status"] == "success"
 

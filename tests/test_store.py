@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 from redis.asyncio import Redis
 
-from tests.conftest import free_port, published, sample_path
+from tests.conftest import free_port, published, sample_path, stream_entries
 from webhook.embedded import EmbeddedRedis
 from webhook.events import Envelope, parse_callback
 from webhook.settings import Settings
@@ -39,7 +39,7 @@ async def test_job_outcome_is_stored_streamed_and_published(redis_client: Redis)
     recorded = await store.record(envelope())
     assert not recorded.duplicate
 
-    entries = await redis_client.xrange("t:stream")
+    entries = await stream_entries(redis_client, "t:stream")
     assert [entry_id for entry_id, _ in entries] == [recorded.id]
     streamed = json.loads(entries[0][1]["envelope"])
     assert streamed["id"] == recorded.id

@@ -37,9 +37,9 @@ def parse_event_time(value: object) -> datetime:
     match = _EVENT_TIME.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError("expected UTC time as yyyy-MM-ddTHH:mm:ssZ (optionally :SSS before Z)")
-    *parts, fraction = match.groups()
-    micros = int((fraction or "0").ljust(6, "0"))
-    return datetime(*(int(p) for p in parts), micros, tzinfo=UTC)  # type: ignore[misc]
+    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    micros = int((match.group(7) or "0").ljust(6, "0"))
+    return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
 
 
 def _blank_to_none(value: object) -> object:

@@ -123,8 +123,8 @@ class Store:
         return Recorded(id=entry_id, duplicate=not created)
 
     async def job(self, job_id: str) -> dict[str, str] | None:
-        record: dict[str, str] = await self.redis.hgetall(self.keys.job(job_id))
-        return record or None
+        record = await self.redis.hgetall(self.keys.job(job_id))
+        return {str(k): str(v) for k, v in record.items()} or None
 
 
 def _job_fields(envelope: Envelope) -> list[str]:
