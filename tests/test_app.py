@@ -231,6 +231,27 @@ async def test_redis_down_gives_503_and_the_retry_is_recorded_after_recovery(
         own.stop()
 
 
+async def test_redis_refusing_writes_gives_503_and_writes_nothing(
+    start_receiver: Receiver, http: httpx.AsyncClient
+) -> None:
+    own = RedisServer(free_port())
+    own.start()
+    try:
+        base = await start_receiver(redis_url=own.url)
+        admin = Redis.from_url(own.url, decode_responses=True)
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", "1")
+        refused = await post(http, base)
+        assert refused.status_code == 503
+        assert refused.json()["error"] == "store_unavailable"
+        assert await admin.keys("vod:*") == []
+        await admin.config_set("maxmemory", "0")
+        assert (await post(http, base)).json()["duplicate"] is False
+        await admin.aclose()
+    finally:
+        own.stop()
+
+
 async def test_receiver_starts_while_redis_is_down_and_becomes_ready(
     start_receiver: Receiver, http: httpx.AsyncClient
 ) -> None:

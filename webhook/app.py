@@ -202,20 +202,20 @@ def _mark_draining_on_signal(state: State) -> Callable[[], None]:
     return restore
 
 
-def _error_response(request: Request, status: int, code: str, detail: str) -> Response:
+def _error_response(status: int, code: str, detail: str) -> Response:
     headers = {"Retry-After": "1"} if status == 503 else None
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 async def _webhook_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WebhookError)
-    return _error_response(request, exc.status_code, exc.code, exc.detail)
+    return _error_response(exc.status_code, exc.code, exc.detail)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-    response = _error_response(request, exc.status_code, code, str(exc.detail))
+    response = _error_response(exc.status_code, code, str(exc.detail))
     if exc.headers:
         response.headers.update(exc.headers)
     return response
@@ -223,7 +223,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("request_failed", path=request.url.path)
-    return _error_response(request, 500, "internal_error", "internal error; see the server log")
+    return _error_response(500, "internal_error", "internal error; see the server log")
 
 
 def _ms_since(started: float) -> float:

@@ -107,7 +107,10 @@ async def listen(settings: Settings, channel: str | None) -> int:
         async for envelope in subscribe(redis, channel, on_subscribed=announce):
             print(envelope.model_dump_json(), flush=True)
     except (RedisError, OSError) as exc:
-        print(f"vod-webhook: Redis at {_safe_url(url)} is unavailable: {exc}", file=sys.stderr)
+        hint = "" if settings.redis_url else " (the embedded store runs inside `vod-webhook serve`)"
+        print(
+            f"vod-webhook: Redis at {_safe_url(url)} is unavailable{hint}: {exc}", file=sys.stderr
+        )
         return EXIT_FAILURE
     finally:
         await redis.aclose()
