@@ -1,4 +1,5 @@
 import asyncio
+from hashlib import sha1
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -9,7 +10,7 @@ from tests.conftest import free_port, published, sample_path, stream_entries
 from webhook.embedded import EmbeddedRedis
 from webhook.events import Envelope, parse_callback
 from webhook.settings import Settings
-from webhook.store import Store
+from webhook.store import Store, script_source
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -143,7 +144,11 @@ async def test_script_is_reloaded_after_redis_forgets_it(redis_client: Redis) ->
     assert not recorded.duplicate
     await redis_client.script_flush()
     await store.ensure_ready()
-    assert (await redis_client.script_exists(store._record_script.sha)) == [True]
+    shas = [
+        sha1(script_source(name).encode()).hexdigest()
+        for name in ("record_event", "record_submission")
+    ]
+    assert (await redis_client.script_exists(*shas)) == [True, True]
 
 
 async def test_embedded_store_runs_the_same_script(make_settings: Callable[..., Settings]) -> None:

@@ -90,6 +90,42 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, how long in-flight requests may take to finish.",
     )
+    region: str = Field("cn-shanghai", min_length=1, description="VOD region of the account.")
+    vod_endpoint: str | None = Field(
+        None,
+        description="VOD API endpoint override: a host (`vod.cn-shanghai.aliyuncs.com`) or a full "
+        "URL such as `http://127.0.0.1:9000` for the emulator or a private endpoint.",
+    )
+    submit_qps: float = Field(
+        30,
+        gt=0,
+        le=1000,
+        description="VOD API calls per second allowed per account, shared by every process and "
+        "host using this Redis (VOD's limit for SubmitDynamicImageJob is 30).",
+    )
+    account_id: str | None = Field(
+        None,
+        description="Name of the quota the limiter enforces; default the AccessKey ID. Give "
+        "several AccessKeys of one Alibaba Cloud account the same value to share its quota.",
+    )
+    reconcile: bool = Field(
+        False, description="Run reconciliation inside `serve` (one process at a time reconciles)."
+    )
+    reconcile_interval_seconds: float = Field(
+        60, gt=0, description="Seconds between reconciliation passes."
+    )
+    reconcile_grace_seconds: float = Field(
+        300,
+        ge=0,
+        description="A submitted job without a callback this long is looked up with "
+        "ListDynamicImage.",
+    )
+    reconcile_deadline_seconds: float = Field(
+        3600,
+        gt=0,
+        description="A job neither called back nor listed this long after submission gets a "
+        "terminal `timed_out` envelope.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged."
     )

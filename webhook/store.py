@@ -1,30 +1,40 @@
-"""The Redis layout and the one atomic script every recorded event goes through.
+"""The Redis layout and the atomic scripts every change of state goes through.
 
 Layout (prefix configurable):
-  {prefix}:job:{JobId}        hash: status, video_id, result fields, error, timestamps, envelope
-  {prefix}:seen:{fingerprint} dedup marker of a non-job event (holds its envelope id)
-  {prefix}:stream             capped stream of envelopes (field `envelope`)
+  {prefix}:job:{JobId}          hash: status, video_id, result fields, error, timestamps,
+                                submission, envelope
+  {prefix}:pending              sorted set: submitted jobs without an outcome, by submission time
+  {prefix}:seen:{fingerprint}   dedup marker of a non-job event (holds its envelope id)
+  {prefix}:stream               capped stream of envelopes (field `envelope`)
   {prefix}:events, {prefix}:events:{EventType}, {prefix}:jobs:{JobId}   pub/sub channels
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from webhook.errors import StoreUnavailable
-from webhook.events import Envelope
+from webhook.events import DYNAMIC_IMAGE_COMPLETE, Envelope
 from webhook.settings import Settings, redis_url_of
 
-RECORD_EVENT = (resources.files("webhook") / "scripts" / "record_event.lua").read_text()
 _ID_PLACEHOLDER = '{"id":""'
+
+
+def script_source(name: str) -> str:
+    """A script from webhook/scripts, with the shared functions in front."""
+    scripts = resources.files("webhook") / "scripts"
+    return (scripts / "common.lua").read_text() + (scripts / f"{name}.lua").read_text()
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,7 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.stream = f"{prefix}:stream"
+        self.pending = f"{prefix}:pending"
         self.events_channel = f"{prefix}:events"
 
     def job(self, job_id: str) -> str:
@@ -52,6 +63,13 @@ class Keys:
 
     def job_channel(self, job_id: str) -> str:
         return f"{self.prefix}:jobs:{job_id}"
+
+    def job_outcome_channels(self, job_id: str) -> list[str]:
+        return [
+            self.events_channel,
+            self.type_channel(DYNAMIC_IMAGE_COMPLETE),
+            self.job_channel(job_id),
+        ]
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -74,7 +92,8 @@ class Store:
         self.keys = Keys(prefix)
         self._stream_maxlen = stream_maxlen
         self._dedup_ttl = dedup_ttl_seconds
-        self._record_script = redis.register_script(RECORD_EVENT)
+        self._record_event = redis.register_script(script_source("record_event"))
+        self._record_submission = redis.register_script(script_source("record_submission"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -89,11 +108,13 @@ class Store:
         await self.redis.aclose()
 
     async def ensure_ready(self) -> None:
-        """Redis answers and the script is loaded (loading it if Redis lost it)."""
+        """Redis answers and the scripts are loaded (loading them if Redis lost them)."""
+        scripts: list[AsyncScript] = [self._record_event, self._record_submission]
         try:
-            script = self._record_script
-            if not (await self.redis.script_exists(script.sha))[0]:
-                await self.redis.script_load(script.script)
+            loaded = await self.redis.script_exists(*(script.sha for script in scripts))
+            for script, present in zip(scripts, loaded, strict=True):
+                if not present:
+                    await self.redis.script_load(script.script)
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis is unavailable: {exc}") from None
 
@@ -103,28 +124,76 @@ class Store:
         body = envelope.model_dump_json()
         # The script fills in the id; a recorded envelope has one already and is not re-recorded.
         assert body.startswith(_ID_PLACEHOLDER), "envelope already recorded"
-        channels = [keys.events_channel, keys.type_channel(envelope.event_type)]
-        fields: list[str] = []
+        completed = envelope.event_time or envelope.received_at
         if envelope.is_job_outcome and envelope.job_id:
-            mode, marker = "job", keys.job(envelope.job_id)
-            channels.append(keys.job_channel(envelope.job_id))
+            mode, marker, job_id = "job", keys.job(envelope.job_id), envelope.job_id
+            channels = keys.job_outcome_channels(job_id)
             fields = _job_fields(envelope)
         else:
-            mode, marker = "event", keys.seen(envelope.fingerprint())
-        args: list[Any] = [mode, self._dedup_ttl, self._stream_maxlen, body, len(channels)]
-        try:
-            created, entry_id = await self._record_script(
-                keys=[marker, keys.stream], args=[*args, *channels, *fields]
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(
-                f"Redis is unavailable, nothing was stored; retry later ({type(exc).__name__})"
-            ) from None
+            mode, marker, job_id = "event", keys.seen(envelope.fingerprint()), ""
+            channels = [keys.events_channel, keys.type_channel(envelope.event_type)]
+            fields = []
+        args: list[Any] = [
+            mode,
+            job_id,
+            envelope.status or "",
+            _epoch_ms(completed),
+            self._dedup_ttl,
+            self._stream_maxlen,
+            body,
+            len(channels),
+            *channels,
+            *fields,
+        ]
+        created, entry_id = await self._call(
+            self._record_event, [marker, keys.stream, keys.pending], args
+        )
         return Recorded(id=entry_id, duplicate=not created)
+
+    async def record_submission(
+        self, job_id: str, video_id: str, submission: dict[str, Any], submitted_at: datetime
+    ) -> Recorded | None:
+        """Correlate a submission with its job; None if this job's submission was recorded before.
+
+        When the job's outcome came first, it is published again with the submission filled
+        in, and the returned Recorded names that envelope (id "" while the job is pending).
+        """
+        keys = self.keys
+        args: list[Any] = [
+            job_id,
+            video_id,
+            json.dumps(submission, separators=(",", ":")),
+            _epoch_ms(submitted_at),
+            self._dedup_ttl,
+            self._stream_maxlen,
+            *keys.job_outcome_channels(job_id),
+        ]
+        created, entry_id = await self._call(
+            self._record_submission, [keys.job(job_id), keys.pending, keys.stream], args
+        )
+        return Recorded(id=entry_id, duplicate=False) if created else None
 
     async def job(self, job_id: str) -> dict[str, str] | None:
         record = await self.redis.hgetall(self.keys.job(job_id))
         return {str(k): str(v) for k, v in record.items()} or None
+
+    async def pending_jobs(self, submitted_before_ms: int | None = None) -> list[tuple[str, int]]:
+        """(job id, submitted ms) of jobs still waiting for an outcome, oldest first."""
+        high = "+inf" if submitted_before_ms is None else submitted_before_ms
+        rows = await self.redis.zrangebyscore(self.keys.pending, "-inf", high, withscores=True)
+        return [(str(job_id), int(score)) for job_id, score in rows]
+
+    async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(
+                f"Redis is unavailable, nothing was stored; retry later ({type(exc).__name__})"
+            ) from None
+
+
+def _epoch_ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
 
 
 def _job_fields(envelope: Envelope) -> list[str]:
@@ -140,6 +209,4 @@ def _job_fields(envelope: Envelope) -> list[str]:
     if envelope.error is not None:
         values["error_code"] = envelope.error.code
         values["error_message"] = envelope.error.message
-    return [
-        item for key, value in values.items() if value is not None for item in (key, str(value))
-    ]
+    return [item for key, value in values.items() if value is not None for item in (key, str(value))]

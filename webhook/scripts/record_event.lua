@@ -1,61 +1,60 @@
--- Record one event once: dedup, job record, stream entry and fan-out in one atomic step.
+-- Record one event once: dedup, job record and correlation, stream entry and fan-out, atomically.
 --
 -- KEYS[1]  marker: the job hash (mode "job") or the event's dedup key (mode "event")
 -- KEYS[2]  the durable stream
+-- KEYS[3]  the pending-jobs index
 -- ARGV[1]  mode, "job" or "event"
--- ARGV[2]  seconds the marker is kept
--- ARGV[3]  approximate stream length to keep
--- ARGV[4]  the envelope JSON, starting with {"id":"" so the id can be filled in here
--- ARGV[5]  n, the number of channels to publish on, then ARGV[6 .. 5+n] the channels
--- ARGV[6+n ..]  job hash field/value pairs (mode "job")
+-- ARGV[2]  job id (mode "job")
+-- ARGV[3]  status of this outcome (mode "job"): success, fail or timed_out
+-- ARGV[4]  completion time, ms since the epoch (for the submission's latency)
+-- ARGV[5]  seconds the marker is kept
+-- ARGV[6]  approximate stream length to keep
+-- ARGV[7]  the envelope JSON, starting with {"id":"" and with "submission":null
+-- ARGV[8]  n, the number of channels, then ARGV[9 .. 8+n] the channels
+-- ARGV[9+n ..]  job hash field/value pairs (mode "job")
 -- Returns {1, id} when recorded, {0, id of the earlier record} for a duplicate.
 -- Every check comes before the first write, so an error leaves nothing half-written.
 
-local marker, stream = KEYS[1], KEYS[2]
-local mode, ttl, maxlen, envelope = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local n = tonumber(ARGV[5])
+local marker, stream, pending = KEYS[1], KEYS[2], KEYS[3]
+local mode, job_id, status, completed_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local ttl, maxlen, envelope, n = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 
-local seen
 if mode == 'job' then
-  seen = redis.call('HGET', marker, 'envelope_id')
+  local seen = redis.call('HGET', marker, 'envelope_id')
+  -- A timed_out verdict is the reconciler's guess: a real outcome arriving later still counts.
+  local guessed = redis.call('HGET', marker, 'status') == 'timed_out' and status ~= 'timed_out'
+  if seen and not guessed then
+    return {0, seen}
+  end
 else
-  seen = redis.call('GET', marker)
-end
-if seen then
-  return {0, seen}
-end
-
--- The entry id is chosen here rather than by XADD '*', so the envelope can carry it.
-local now = redis.call('TIME')
-local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local seq = 0
-if redis.call('EXISTS', stream) == 1 then
-  local info = redis.call('XINFO', 'STREAM', stream)
-  for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then
-      local last_ms, last_seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
-      if tonumber(last_ms) >= ms then
-        ms = tonumber(last_ms)
-        seq = tonumber(last_seq) + 1
-      end
-    end
+  local seen = redis.call('GET', marker)
+  if seen then
+    return {0, seen}
   end
 end
-local id = string.format('%d-%d', ms, seq)
-local body = '{"id":"' .. id .. '"' .. string.sub(envelope, 9)
 
-redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', body)
+local channels = {}
+for i = 9, 8 + n do
+  channels[#channels + 1] = ARGV[i]
+end
+local id = next_stream_id(stream)
+envelope = with_id(envelope, id)
+
 if mode == 'job' then
-  local fields = {'envelope_id', id, 'envelope', body}
-  for i = 6 + n, #ARGV do
+  local submission = submission_of(marker, completed_ms)
+  if submission then
+    envelope = with_submission(envelope, submission)
+  end
+  local fields = {'envelope_id', id, 'envelope', envelope, 'completed_ms', completed_ms,
+                  'correlated', submission and '1' or '0'}
+  for i = 9 + n, #ARGV do
     fields[#fields + 1] = ARGV[i]
   end
   redis.call('HSET', marker, unpack(fields))
   redis.call('EXPIRE', marker, ttl)
+  redis.call('ZREM', pending, job_id)
 else
   redis.call('SET', marker, id, 'EX', ttl)
 end
-for i = 6, 5 + n do
-  redis.call('PUBLISH', ARGV[i], body)
-end
+fan_out(stream, maxlen, id, envelope, channels)
 return {1, id}

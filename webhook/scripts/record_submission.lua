@@ -1,0 +1,43 @@
+-- Record what was submitted for a job, whichever of submission and outcome comes first.
+--
+-- KEYS[1]  the job hash
+-- KEYS[2]  the pending-jobs index
+-- KEYS[3]  the durable stream
+-- ARGV[1]  job id
+-- ARGV[2]  video id
+-- ARGV[3]  the submission JSON object
+-- ARGV[4]  submission time, ms since the epoch
+-- ARGV[5]  seconds the job record is kept
+-- ARGV[6]  approximate stream length to keep
+-- ARGV[7 ..]  channels the job's outcome is published on
+-- Returns {0, ''} if the job's submission was recorded before, {1, ''} when the job is now
+-- pending, and {1, id} when its outcome had come first and was published again, correlated.
+
+local job, pending, stream = KEYS[1], KEYS[2], KEYS[3]
+local job_id, video_id, submission, submitted_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local ttl, maxlen = ARGV[5], ARGV[6]
+
+if redis.call('HEXISTS', job, 'submission') == 1 then
+  return {0, ''}
+end
+redis.call('HSET', job, 'submission', submission, 'submitted_ms', submitted_ms)
+redis.call('HSETNX', job, 'video_id', video_id)
+local envelope = redis.call('HGET', job, 'envelope')
+if not envelope then
+  redis.call('HSETNX', job, 'status', 'submitted')
+  redis.call('ZADD', pending, submitted_ms, job_id)
+  redis.call('EXPIRE', job, ttl)
+  return {1, ''}
+end
+
+-- The outcome came first and went out uncorrelated; publish it once more, correlated.
+local channels = {}
+for i = 7, #ARGV do
+  channels[#channels + 1] = ARGV[i]
+end
+local id = next_stream_id(stream)
+local completed_ms = tonumber(redis.call('HGET', job, 'completed_ms'))
+envelope = with_submission(with_id(envelope, id), submission_of(job, completed_ms))
+redis.call('HSET', job, 'envelope_id', id, 'envelope', envelope, 'correlated', '1')
+fan_out(stream, maxlen, id, envelope, channels)
+return {1, id}
