@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import signal
 import threading
@@ -23,9 +24,11 @@ from starlette.routing import Route
 
 from webhook.errors import PayloadError, PayloadTooLarge, StoreUnavailable, WebhookError
 from webhook.events import parse_callback
+from webhook.reconcile import run_reconciler
 from webhook.settings import Settings, check_receiver_settings
 from webhook.signature import verify_signature
 from webhook.store import Store
+from webhook.vod import Vod
 
 logger = structlog.get_logger("webhook.app")
 
@@ -36,11 +39,13 @@ def create_app(settings: Settings) -> Starlette:
     """The receiver app for `settings`; raises ConfigError for a configuration it must not run."""
     check_receiver_settings(settings)
     auth_keys = [key.get_secret_value() for key in settings.auth_keys]
+    store = Store.from_settings(settings)
+    # Built now so missing credentials stop start-up rather than the first pass.
+    vod = Vod.from_settings(settings, store.redis) if settings.reconcile else None
 
     async def receive_callback(request: Request) -> Response:
         started = time.perf_counter()
         log = logger.bind(request_id=request.state.request_id)
-        store: Store = request.app.state.store
         try:
             received_at = datetime.now(UTC)
             _check_content_length(request, settings.max_body_bytes)
@@ -88,14 +93,11 @@ def create_app(settings: Settings) -> Starlette:
     async def readyz(request: Request) -> Response:
         if request.app.state.draining:
             raise StoreUnavailable("shutting down", "shutting_down")
-        store: Store = request.app.state.store
         await store.ensure_ready()
         return JSONResponse({"status": "ready"})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        store = Store.from_settings(settings)
-        app.state.store = store
         app.state.draining = False
         try:
             await store.ensure_ready()
@@ -105,11 +107,27 @@ def create_app(settings: Settings) -> Starlette:
         if not auth_keys:
             logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
         restore_signals = _mark_draining_on_signal(app.state)
-        try:
-            yield
-        finally:
-            restore_signals()
-            await store.close()
+        async with asyncio.TaskGroup() as tasks:
+            reconciler = (
+                tasks.create_task(
+                    run_reconciler(
+                        store,
+                        vod,
+                        interval_seconds=settings.reconcile_interval_seconds,
+                        grace_seconds=settings.reconcile_grace_seconds,
+                        deadline_seconds=settings.reconcile_deadline_seconds,
+                    )
+                )
+                if vod is not None
+                else None
+            )
+            try:
+                yield
+            finally:
+                if reconciler is not None:
+                    reconciler.cancel()
+                restore_signals()
+        await store.close()
 
     app = Starlette(
         routes=[

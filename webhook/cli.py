@@ -6,27 +6,39 @@ import argparse
 import asyncio
 import json
 import sys
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
-from redis.asyncio import Redis
+from pydantic import ValidationError
 from redis.exceptions import RedisError
+from tqdm import tqdm
 
-from webhook.client import subscribe
+from webhook.client import subscribe, wait_for
+from webhook.errors import StoreUnavailable
+from webhook.events import Envelope
+from webhook.reconcile import reconcile_once, run_reconciler
 from webhook.sender import sample_dynamic_image_event, send_callback
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
-from webhook.store import Keys
+from webhook.store import Keys, Store
+from webhook.submitter import JobSpec, LineResult, Submitter, describe_errors
+from webhook.vod import Vod, VodError
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+VOD_EVENT_TYPES = ["DynamicImageComplete"]
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vod-webhook",
-        description="Receive ApsaraVideo VOD callbacks and fan them out over Redis. "
-        "Configuration comes from VOD_WEBHOOK_* environment variables or .env "
-        "(see the README).",
+        description="Receive ApsaraVideo VOD callbacks and fan them out over Redis; submit "
+        "dynamic-image jobs and recover their outcomes. Configuration comes from VOD_WEBHOOK_* "
+        "environment variables or .env (see the README).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -34,7 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="run the callback receiver",
         description="Run the callback receiver under uvicorn. Without VOD_WEBHOOK_REDIS_URL it "
-        "runs on an embedded in-memory store (development only).",
+        "runs on an embedded in-memory store (development only). With "
+        "VOD_WEBHOOK_RECONCILE=true it also reconciles overdue jobs.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     serve.add_argument("--port", type=int, default=8000, help="port to bind (default %(default)s)")
@@ -74,6 +87,111 @@ def build_parser() -> argparse.ArgumentParser:
     send_test.add_argument(
         "--timeout", type=float, default=5.0, help="seconds to wait (default %(default)s)"
     )
+
+    submit = commands.add_parser(
+        "submit",
+        help="submit dynamic-image jobs through the VOD API",
+        description="Submit a job with SubmitDynamicImageJob (official SDK, credentials from the "
+        "Alibaba Cloud default chain), within VOD_WEBHOOK_SUBMIT_QPS across every process "
+        "sharing the Redis, and record it so its callback is correlated. Prints the JobId.",
+        epilog="exit codes: 0 submitted (with --wait: succeeded), 1 refused by VOD or the job "
+        "failed / timed out, 2 bad input or configuration, 3 --wait ran out of time",
+    )
+    submit.add_argument("--video-id", help="the video to make the image from")
+    submit.add_argument("--template-id", help="the dynamic-image template")
+    submit.add_argument(
+        "--override-params", help="OverrideParams as a JSON object, or @FILE holding one"
+    )
+    submit.add_argument(
+        "--tag", action="append", default=[], metavar="K=V", help="a tag kept with the job"
+    )
+    submit.add_argument(
+        "--from-file",
+        type=Path,
+        metavar="JOBS.jsonl",
+        help='submit every line {"video_id", "template_id", "override_params"?, "tags"?}; '
+        "lines already submitted by an earlier run are skipped",
+    )
+    submit.add_argument(
+        "--wait", action="store_true", help="wait for the outcome and print its envelope"
+    )
+    submit.add_argument(
+        "--timeout", type=float, default=900, help="seconds --wait waits (default %(default)s)"
+    )
+    submit.add_argument("--json", action="store_true", help="print JSON")
+
+    jobs = commands.add_parser("jobs", help="show recorded jobs")
+    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
+    show = jobs_commands.add_parser(
+        "show", help="one job: status, submission, result, source, timings"
+    )
+    show.add_argument("job_id", metavar="JOB_ID")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    pending = jobs_commands.add_parser("pending", help="submitted jobs still without an outcome")
+    pending.add_argument("--json", action="store_true", help="print JSON")
+
+    reconcile = commands.add_parser(
+        "reconcile",
+        help="recover outcomes whose callback never came",
+        description="Look up jobs pending longer than the grace time with ListDynamicImage and "
+        "record what is found (source 'reconcile'); jobs still absent after the deadline get "
+        "a terminal 'timed_out' envelope.",
+    )
+    reconcile.add_argument("--once", action="store_true", help="one pass, then print a report")
+    reconcile.add_argument(
+        "--interval", type=float, help="seconds between passes (default RECONCILE_INTERVAL)"
+    )
+    reconcile.add_argument(
+        "--grace", type=float, help="seconds before a job counts as overdue (default "
+        "RECONCILE_GRACE)",
+    )  # fmt: skip
+    reconcile.add_argument(
+        "--deadline", type=float, help="seconds before an absent job times out (default "
+        "RECONCILE_DEADLINE)",
+    )  # fmt: skip
+
+    register = commands.add_parser(
+        "register",
+        help="configure VOD's HTTP callback (SetMessageCallback)",
+        description="Point VOD's callbacks at the receiver, with signing on, through the API.",
+    )
+    register.add_argument("--callback-url", help="the receiver's public callback URL")
+    register.add_argument("--auth-key", help="AuthKey: at most 32 letters and digits, mixed case")
+    register.add_argument(
+        "--event-types",
+        nargs="+",
+        default=VOD_EVENT_TYPES,
+        metavar="TYPE",
+        help="event types to send (default %(default)s; ALL for every type)",
+    )
+    register.add_argument(
+        "--show", action="store_true", help="print the current configuration instead"
+    )
+
+    emulator = commands.add_parser(
+        "emulator",
+        help="run a local VOD stand-in for development and tests",
+        description="A local stand-in for VOD that the official SDK talks to unchanged "
+        "(VOD_WEBHOOK_VOD_ENDPOINT=http://127.0.0.1:PORT): it verifies ACS3-HMAC-SHA256 "
+        "signatures, runs dynamic-image jobs and delivers signed callbacks like VOD.",
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
+    emulator.add_argument("--port", type=int, default=9000, help="port (default %(default)s)")
+    emulator.add_argument(
+        "--access-key",
+        action="append",
+        required=True,
+        metavar="ID:SECRET",
+        help="an AccessKey pair it accepts (repeatable)",
+    )
+    emulator.add_argument("--callback-url", help="where it POSTs DynamicImageComplete")
+    emulator.add_argument("--auth-key", help="AuthKey signing its callbacks")
+    emulator.add_argument("--delay", type=float, default=1.0, help="job run time, s")
+    emulator.add_argument("--drop-rate", type=_rate, default=0.0, help="callbacks never sent")
+    emulator.add_argument("--duplicate-rate", type=_rate, default=0.0, help="callbacks sent twice")
+    emulator.add_argument("--fail-rate", type=_rate, default=0.0, help="jobs that fail")
+    emulator.add_argument("--qps", type=float, default=30.0, help="API calls/s per AccessKey")
+    emulator.add_argument("--seed", type=int, help="seed for the fault knobs")
     return parser
 
 
@@ -85,35 +203,43 @@ def main(argv: list[str] | None = None) -> int:
 
             serve(load_settings(), host=args.host, port=args.port, workers=args.workers)
             return 0
-        if args.command == "listen":
-            return asyncio.run(listen(load_settings(), args.channel))
-        return send_test(args)
+        if args.command == "send-test":
+            return send_test(args)
+        if args.command == "emulator":
+            return run_emulator(args)
+        command: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = {
+            "listen": listen,
+            "submit": submit,
+            "jobs": jobs,
+            "reconcile": reconcile,
+            "register": register,
+        }[args.command]
+        return asyncio.run(command(load_settings(), args))
     except ConfigError as exc:
-        print(f"vod-webhook: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(str(exc), EXIT_USAGE)
+    except StoreUnavailable as exc:
+        return _fail(exc.detail)
+    except RedisError as exc:
+        return _fail(f"Redis is unavailable: {exc}")
+    except VodError as exc:
+        return _fail(f"VOD refused: {exc}")
     except KeyboardInterrupt:
         return 130
 
 
-async def listen(settings: Settings, channel: str | None) -> int:
-    channel = channel or Keys(settings.key_prefix).events_channel
+async def listen(settings: Settings, args: argparse.Namespace) -> int:
+    channel = args.channel or Keys(settings.key_prefix).events_channel
     url = redis_url_of(settings)
-    redis = Redis.from_url(url, decode_responses=True)
 
     def announce() -> None:
         print(f"listening on {channel} at {_safe_url(url)}", file=sys.stderr, flush=True)
 
-    try:
-        async for envelope in subscribe(redis, channel, on_subscribed=announce):
-            print(envelope.model_dump_json(), flush=True)
-    except (RedisError, OSError) as exc:
-        hint = "" if settings.redis_url else " (the embedded store runs inside `vod-webhook serve`)"
-        print(
-            f"vod-webhook: Redis at {_safe_url(url)} is unavailable{hint}: {exc}", file=sys.stderr
-        )
-        return EXIT_FAILURE
-    finally:
-        await redis.aclose()
+    async with _store(settings) as store:
+        try:
+            async for envelope in subscribe(store.redis, channel, on_subscribed=announce):
+                print(envelope.model_dump_json(), flush=True)
+        except (RedisError, OSError) as exc:
+            return _fail(f"Redis at {_safe_url(url)} is unavailable{_hint(settings)}: {exc}")
     return 0
 
 
@@ -122,8 +248,7 @@ def send_test(args: argparse.Namespace) -> int:
         try:
             body = args.file.read_bytes()
         except OSError as exc:
-            print(f"vod-webhook: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
-            return EXIT_USAGE
+            return _fail(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE)
         label = str(args.file)
     else:
         event = sample_dynamic_image_event()
@@ -139,10 +264,253 @@ def send_test(args: argparse.Namespace) -> int:
             timeout=args.timeout,
         )
     except httpx.HTTPError as exc:
-        print(f"vod-webhook: cannot reach {args.url}: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(f"cannot reach {args.url}: {exc}")
     print(f"HTTP {response.status_code}: {response.text}")
     return 0 if response.status_code == 200 else EXIT_FAILURE
+
+
+async def submit(settings: Settings, args: argparse.Namespace) -> int:
+    if args.from_file is not None:
+        if args.video_id or args.template_id or args.override_params or args.tag or args.wait:
+            return _fail("--from-file takes no other job options, nor --wait", EXIT_USAGE)
+        return await _submit_batch(settings, args)
+    if not args.video_id or not args.template_id:
+        return _fail("give --video-id and --template-id (or --from-file)", EXIT_USAGE)
+    try:
+        spec = JobSpec(
+            video_id=args.video_id,
+            template_id=args.template_id,
+            override_params=_read_overrides(args.override_params),
+            tags=_parse_tags(args.tag),
+        )
+    except (ValidationError, ValueError, OSError) as exc:
+        message = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+        return _fail(f"invalid job: {message}", EXIT_USAGE)
+    async with _store(settings) as store:
+        submitter = Submitter(Vod.from_settings(settings, store.redis), store)
+        submitted = await submitter.submit(spec)
+        if not args.wait:
+            if args.json:
+                print(json.dumps({"job_id": submitted.job_id, "request_id": submitted.request_id,
+                                  **spec.model_dump()}))  # fmt: skip
+            else:
+                print(submitted.job_id)
+            return 0
+        print(f"submitted job {submitted.job_id}; waiting for its outcome", file=sys.stderr)
+        try:
+            envelope = await wait_for(
+                store.redis, submitted.job_id, timeout=args.timeout, prefix=settings.key_prefix
+            )
+        except TimeoutError:
+            return _fail(
+                f"no outcome for job {submitted.job_id} within {args.timeout:g} s; "
+                f"see `vod-webhook jobs show {submitted.job_id}` later",
+                EXIT_TIMEOUT,
+            )
+        print(envelope.model_dump_json())
+        return 0 if envelope.status == "success" else EXIT_FAILURE
+
+
+async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
+    try:
+        lines = args.from_file.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        return _fail(f"cannot read {args.from_file}: {exc}", EXIT_USAGE)
+    total = sum(1 for line in lines if line.strip())
+    async with _store(settings) as store:
+        submitter = Submitter(Vod.from_settings(settings, store.redis), store)
+        with tqdm(total=total, unit="job", file=sys.stderr, disable=None) as progress:
+
+            def report(result: LineResult) -> None:
+                progress.update()
+                if args.json:
+                    print(result.as_json(), flush=True)
+                elif result.status == "submitted":
+                    print(result.job_id, flush=True)
+
+            summary = await submitter.submit_batch(lines, report)
+    for result in summary.results:
+        if result.status == "failed":
+            print(f"{args.from_file}:{result.line}: {result.error}", file=sys.stderr)
+    print(
+        f"submitted {summary.count('submitted')}, already submitted {summary.count('skipped')}, "
+        f"failed {summary.count('failed')}",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE if summary.count("failed") else 0
+
+
+async def jobs(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        if args.jobs_command == "pending":
+            now_ms = time.time() * 1000
+            rows = []
+            for (job_id, submitted_ms), video_id in zip(
+                pending := await store.pending_jobs(),
+                await store.video_ids([job_id for job_id, _ in pending]),
+                strict=True,
+            ):
+                age = round((now_ms - submitted_ms) / 1000, 1)
+                rows.append({"job_id": job_id, "video_id": video_id, "age_seconds": age})
+            if args.json:
+                print(json.dumps(rows))
+            else:
+                for row in rows:
+                    print(f"{row['job_id']}  video {row['video_id']}  {row['age_seconds']} s")
+                print(f"{len(rows)} pending", file=sys.stderr)
+            return 0
+        record = await store.job(args.job_id)
+    if record is None:
+        return _fail(f"no job {args.job_id} is recorded")
+    view = job_view(args.job_id, record)
+    if args.json:
+        print(json.dumps(view))
+    else:
+        for label, value in view.items():
+            if value not in (None, {}, ""):
+                print(f"{label:<14}{json.dumps(value) if isinstance(value, dict) else value}")
+    return 0
+
+
+def job_view(job_id: str, record: dict[str, str]) -> dict[str, Any]:
+    """What `jobs show` prints: status, submission, result, source and timings."""
+    envelope = Envelope.model_validate_json(record["envelope"]) if "envelope" in record else None
+    submission = (
+        envelope.submission
+        if envelope is not None and envelope.submission is not None
+        else json.loads(record.get("submission", "null"))
+    )
+    return {
+        "job_id": job_id,
+        "status": record.get("status"),
+        "video_id": record.get("video_id"),
+        "source": record.get("source"),
+        "submitted_at": submission.get("submitted_at") if submission else None,
+        "completed_at": envelope.event_time.isoformat()
+        if envelope and envelope.event_time
+        else None,
+        "received_at": record.get("received_at"),
+        "latency_ms": submission.get("latency_ms") if submission else None,
+        "submission": submission,
+        "result": envelope.result.model_dump() if envelope and envelope.result else None,
+        "error": envelope.error.model_dump() if envelope and envelope.error else None,
+        "envelope_id": record.get("envelope_id"),
+    }
+
+
+async def reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    grace = args.grace if args.grace is not None else settings.reconcile_grace_seconds
+    deadline = args.deadline if args.deadline is not None else settings.reconcile_deadline_seconds
+    interval = args.interval if args.interval is not None else settings.reconcile_interval_seconds
+    async with _store(settings) as store:
+        vod = Vod.from_settings(settings, store.redis)
+        if args.once:
+            report = await reconcile_once(
+                store, vod, grace_seconds=grace, deadline_seconds=deadline
+            )
+            print(json.dumps(report.__dict__))
+            return 0
+        print(f"reconciling every {interval:g} s", file=sys.stderr, flush=True)
+        await run_reconciler(
+            store, vod, interval_seconds=interval, grace_seconds=grace, deadline_seconds=deadline
+        )
+    return 0
+
+
+async def register(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        vod = Vod.from_settings(settings, store.redis)
+        if args.show:
+            current = await vod.get_message_callback()
+            if current.get("AuthKey"):
+                current["AuthKey"] = current["AuthKey"][:2] + "***"
+            print(json.dumps(current))
+            return 0
+        if not args.callback_url or not args.auth_key:
+            return _fail("give --callback-url and --auth-key (or --show)", EXIT_USAGE)
+        problem = auth_key_problem(args.auth_key)
+        if problem:
+            return _fail(f"--auth-key {problem}", EXIT_USAGE)
+        request_id = await vod.set_message_callback(
+            args.callback_url, args.auth_key, args.event_types
+        )
+    print(
+        f"VOD now sends {', '.join(args.event_types)} to {args.callback_url}, signed "
+        f"(request id {request_id}). Set VOD_WEBHOOK_CALLBACK_URL={args.callback_url} and "
+        "VOD_WEBHOOK_AUTH_KEYS to the same key on the receiver."
+    )
+    return 0
+
+
+def auth_key_problem(key: str) -> str | None:
+    """What VOD would reject in an AuthKey: at most 32 characters mixing upper, lower, digits."""
+    if not 1 <= len(key) <= 32 or not key.isascii() or not key.isalnum():
+        return "must be 1 to 32 letters and digits"
+    if key.lower() == key or key.upper() == key or not any(c.isdigit() for c in key):
+        return "must contain upper case letters, lower case letters and digits"
+    return None
+
+
+def run_emulator(args: argparse.Namespace) -> int:
+    from webhook.emulator import EmulatorOptions, serve_emulator
+    from webhook.logs import configure_logging
+
+    access_keys = {}
+    for pair in args.access_key:
+        key_id, separator, secret = pair.partition(":")
+        if not separator or not key_id or not secret:
+            return _fail(f"--access-key {pair!r} is not ID:SECRET", EXIT_USAGE)
+        access_keys[key_id] = secret
+    configure_logging(load_settings())
+    options = EmulatorOptions(
+        access_keys=access_keys,
+        callback_url=args.callback_url,
+        auth_key=args.auth_key,
+        delay=args.delay,
+        drop_rate=args.drop_rate,
+        duplicate_rate=args.duplicate_rate,
+        fail_rate=args.fail_rate,
+        qps=args.qps,
+        seed=args.seed,
+    )
+    serve_emulator(options, host=args.host, port=args.port)
+    return 0
+
+
+@asynccontextmanager
+async def _store(settings: Settings) -> AsyncIterator[Store]:
+    store = Store.from_settings(settings)
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def _read_overrides(value: str | None) -> object:
+    if value is None:
+        return None
+    if value.startswith("@"):
+        return Path(value[1:]).read_text()
+    return value
+
+
+def _parse_tags(pairs: list[str]) -> dict[str, str]:
+    tags = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--tag {pair!r} is not K=V")
+        tags[key] = value
+    return tags
+
+
+def _fail(message: str, code: int = EXIT_FAILURE) -> int:
+    print(f"vod-webhook: {message}", file=sys.stderr)
+    return code
+
+
+def _hint(settings: Settings) -> str:
+    return "" if settings.redis_url else " (the embedded store runs inside `vod-webhook serve`)"
 
 
 def _safe_url(url: str) -> str:
@@ -157,6 +525,13 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def _rate(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("must be between 0 and 1")
     return value
 
 

@@ -5,6 +5,7 @@ Layout (prefix configurable):
                                 submission, envelope
   {prefix}:pending              sorted set: submitted jobs without an outcome, by submission time
   {prefix}:seen:{fingerprint}   dedup marker of a non-job event (holds its envelope id)
+  {prefix}:batch:{fingerprint}  a batch file line: claimed, or job:<JobId> once submitted
   {prefix}:stream               capped stream of envelopes (field `envelope`)
   {prefix}:events, {prefix}:events:{EventType}, {prefix}:jobs:{JobId}   pub/sub channels
 """
@@ -29,6 +30,8 @@ from webhook.events import DYNAMIC_IMAGE_COMPLETE, Envelope
 from webhook.settings import Settings, redis_url_of
 
 _ID_PLACEHOLDER = '{"id":""'
+# How long a batch line stays claimed by a run that may have died while submitting it.
+BATCH_CLAIM_SECONDS = 600
 
 
 def script_source(name: str) -> str:
@@ -57,6 +60,9 @@ class Keys:
 
     def seen(self, fingerprint: str) -> str:
         return f"{self.prefix}:seen:{fingerprint}"
+
+    def batch_line(self, fingerprint: str) -> str:
+        return f"{self.prefix}:batch:{fingerprint}"
 
     def type_channel(self, event_type: str) -> str:
         return f"{self.prefix}:events:{event_type}"
@@ -173,15 +179,48 @@ class Store:
         )
         return Recorded(id=entry_id, duplicate=False) if created else None
 
+    async def claim_batch_line(self, fingerprint: str) -> str | None:
+        """Claim a batch line for submission; returns what holds it already, if anything
+        (`job:<JobId>` once submitted)."""
+        key = self.keys.batch_line(fingerprint)
+        claimed = await self.redis.set(key, "claimed", nx=True, ex=BATCH_CLAIM_SECONDS, get=True)
+        return str(claimed) if claimed is not None else None
+
+    async def complete_batch_line(self, fingerprint: str, job_id: str) -> None:
+        await self.redis.set(self.keys.batch_line(fingerprint), f"job:{job_id}", ex=self._dedup_ttl)
+
+    async def release_batch_line(self, fingerprint: str) -> None:
+        await self.redis.delete(self.keys.batch_line(fingerprint))
+
     async def job(self, job_id: str) -> dict[str, str] | None:
         record = await self.redis.hgetall(self.keys.job(job_id))
         return {str(k): str(v) for k, v in record.items()} or None
+
+    async def video_ids(self, job_ids: list[str]) -> list[str | None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(self.keys.job(job_id), "video_id")
+            return [str(v) if v is not None else None for v in await pipe.execute()]
+
+    async def forget_pending(self, job_id: str) -> None:
+        await self.redis.zrem(self.keys.pending, job_id)
+
+    async def take_turn(self, task: str, token: str, seconds: float) -> bool:
+        """Whether it is this caller's turn to run `task`: one caller per `seconds`, any process."""
+        try:
+            return bool(
+                await self.redis.set(
+                    f"{self.keys.prefix}:turn:{task}", token, nx=True, px=int(seconds * 1000)
+                )
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from None
 
     async def pending_jobs(self, submitted_before_ms: int | None = None) -> list[tuple[str, int]]:
         """(job id, submitted ms) of jobs still waiting for an outcome, oldest first."""
         high = "+inf" if submitted_before_ms is None else submitted_before_ms
         rows = await self.redis.zrangebyscore(self.keys.pending, "-inf", high, withscores=True)
-        return [(str(job_id), int(score)) for job_id, score in rows]
+        return [(str(row[0]), int(row[1])) for row in rows]
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         try:
@@ -209,4 +248,5 @@ def _job_fields(envelope: Envelope) -> list[str]:
     if envelope.error is not None:
         values["error_code"] = envelope.error.code
         values["error_message"] = envelope.error.message
-    return [item for key, value in values.items() if value is not None for item in (key, str(value))]
+    present = {key: str(value) for key, value in values.items() if value is not None}
+    return [item for pair in present.items() for item in pair]

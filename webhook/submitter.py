@@ -1,0 +1,152 @@
+"""Submitting dynamic-image jobs: validated, rate limited, retried, and recorded for correlation."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from webhook.overrides import InvalidOverrides, check_override_params
+from webhook.store import Store
+from webhook.vod import Vod, VodError
+
+# Batch lines in flight at once; the limiter, not this, sets the pace.
+BATCH_CONCURRENCY = 32
+
+
+class JobSpec(BaseModel):
+    """One job to submit; also the schema of a line of a batch file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    video_id: str = Field(min_length=1, max_length=128)
+    template_id: str = Field(min_length=1, max_length=128)
+    override_params: dict[str, Any] | None = None
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("override_params", mode="before")
+    @classmethod
+    def _check_overrides(cls, value: object) -> object:
+        if value is None:
+            return None
+        try:
+            return check_override_params(value)
+        except InvalidOverrides as exc:
+            raise ValueError(str(exc)) from None
+
+    def fingerprint(self) -> str:
+        """Identity of a batch line's content, so a re-run does not submit it again."""
+        canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    request_id: str
+    submitted_at: datetime
+    spec: JobSpec
+
+
+@dataclass(frozen=True)
+class LineResult:
+    line: int
+    status: Literal["submitted", "skipped", "failed"]
+    job_id: str | None = None
+    error: str | None = None
+
+    def as_json(self) -> str:
+        fields = {"line": self.line, "status": self.status, "job_id": self.job_id}
+        return json.dumps(fields | ({"error": self.error} if self.error else {}))
+
+
+@dataclass
+class BatchSummary:
+    results: list[LineResult] = field(default_factory=list)
+
+    def count(self, status: str) -> int:
+        return sum(result.status == status for result in self.results)
+
+
+class Submitter:
+    def __init__(self, vod: Vod, store: Store) -> None:
+        self.vod = vod
+        self.store = store
+
+    async def submit(self, spec: JobSpec) -> Submitted:
+        """Submit one job and record it as pending (or correlate it with an early outcome)."""
+        overrides = (
+            json.dumps(spec.override_params, separators=(",", ":"))
+            if spec.override_params is not None
+            else None
+        )
+        job_id, request_id = await self.vod.submit_dynamic_image_job(
+            spec.video_id, spec.template_id, overrides
+        )
+        submitted_at = datetime.now(UTC)
+        submission = {
+            "video_id": spec.video_id,
+            "template_id": spec.template_id,
+            "override_params": spec.override_params,
+            "tags": spec.tags,
+            "request_id": request_id,
+            "submitted_at": submitted_at.isoformat().replace("+00:00", "Z"),
+        }
+        await self.store.record_submission(job_id, spec.video_id, submission, submitted_at)
+        return Submitted(job_id, request_id, submitted_at, spec)
+
+    async def submit_batch(
+        self, lines: Iterable[str], on_result: Callable[[LineResult], None] = lambda _: None
+    ) -> BatchSummary:
+        """Submit every valid line; bad lines and refusals are reported, not fatal."""
+        summary = BatchSummary()
+        slots = asyncio.Semaphore(BATCH_CONCURRENCY)
+
+        async def one(number: int, text: str) -> None:
+            async with slots:
+                result = await self._submit_line(number, text)
+            summary.results.append(result)
+            on_result(result)
+
+        async with asyncio.TaskGroup() as group:
+            for number, text in enumerate(lines, start=1):
+                if text.strip():
+                    group.create_task(one(number, text))
+        summary.results.sort(key=lambda result: result.line)
+        return summary
+
+    async def _submit_line(self, number: int, text: str) -> LineResult:
+        try:
+            spec = JobSpec.model_validate_json(text)
+        except ValidationError as exc:
+            return LineResult(number, "failed", error=describe_errors(exc))
+        fingerprint = spec.fingerprint()
+        earlier = await self.store.claim_batch_line(fingerprint)
+        if earlier is not None:
+            if earlier.startswith("job:"):
+                return LineResult(number, "skipped", job_id=earlier.removeprefix("job:"))
+            return LineResult(number, "failed", error="being submitted by another run right now")
+        try:
+            submitted = await self.submit(spec)
+        except VodError as exc:
+            await self.store.release_batch_line(fingerprint)
+            return LineResult(number, "failed", error=str(exc))
+        except BaseException:
+            await self.store.release_batch_line(fingerprint)
+            raise
+        await self.store.complete_batch_line(fingerprint, submitted.job_id)
+        return LineResult(number, "submitted", job_id=submitted.job_id)
+
+
+def describe_errors(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"]) or "line"
+        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+    return "; ".join(parts)

@@ -1,0 +1,200 @@
+"""The VOD API calls vod-webhook makes, through the official SDK, each behind the rate limiter
+and retried with bounded exponential backoff when the failure is transient."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from alibabacloud_credentials.client import Client as CredentialClient
+from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
+from alibabacloud_tea_openapi.utils_models import Config
+from alibabacloud_vod20170321 import models
+from alibabacloud_vod20170321.client import Client
+from redis.asyncio import Redis
+from Tea.exceptions import TeaException
+
+from webhook.limiter import RateLimiter
+from webhook.settings import ConfigError, Settings
+
+logger = structlog.get_logger("webhook.vod")
+T = TypeVar("T")
+
+# Transient by nature: the same call may succeed a moment later.
+_TRANSIENT_CODES = {"Throttling", "Throttling.User", "Throttling.Api", "ServiceUnavailable",
+                    "ServiceUnAvailable", "InternalError", "NetworkError"}  # fmt: skip
+
+
+class VodError(Exception):
+    """VOD refused a call, or could not be reached; carries VOD's code and request id."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        suffix = f" (request id {request_id})" if request_id else ""
+        super().__init__(f"{code}: {message}{suffix}")
+        self.code = code
+        self.message = message
+        self.status_code = status_code
+        self.request_id = request_id
+
+    @property
+    def transient(self) -> bool:
+        return self.code in _TRANSIENT_CODES or (self.status_code or 0) >= 500
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_delay: float = 0.2
+    max_delay: float = 5.0
+
+    def delay(self, attempt: int) -> float:
+        """Full jitter: a random wait up to an exponentially growing cap."""
+        return random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+
+
+@dataclass(frozen=True)
+class DynamicImage:
+    """One item of ListDynamicImage: a finished dynamic-image job's output."""
+
+    job_id: str
+    video_id: str
+    file_url: str
+    raw: dict[str, Any]
+
+
+def parse_endpoint(endpoint: str) -> tuple[str, str]:
+    """`http://127.0.0.1:9000` -> ("http", "127.0.0.1:9000"); a bare host means HTTPS."""
+    scheme, separator, rest = endpoint.partition("://")
+    if not separator:
+        return "https", endpoint.rstrip("/")
+    if scheme not in {"http", "https"} or not rest.strip("/"):
+        raise ConfigError(f"VOD_WEBHOOK_VOD_ENDPOINT: not an http(s) URL or host: {endpoint!r}")
+    return scheme, rest.strip("/")
+
+
+class Vod:
+    def __init__(
+        self, client: Client, limiter: RateLimiter, retry: RetryPolicy | None = None
+    ) -> None:
+        self._client = client
+        self._limiter = limiter
+        self._retry = retry or RetryPolicy()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis: Redis) -> Vod:
+        """Calls share the quota of settings.account_id, else of the signing AccessKey ID."""
+        client, access_key_id = cls.sdk_client(settings)
+        quota = settings.account_id or access_key_id
+        limiter = RateLimiter(redis, f"{settings.key_prefix}:quota:{quota}", settings.submit_qps)
+        return cls(client, limiter)
+
+    @staticmethod
+    def sdk_client(settings: Settings) -> tuple[Client, str]:
+        """The SDK client on the default credential chain, and the AccessKey ID it signs with."""
+        protocol, endpoint = parse_endpoint(
+            settings.vod_endpoint or f"vod.{settings.region}.aliyuncs.com"
+        )
+        try:
+            credential = CredentialClient()
+            access_key_id = credential.get_credential().get_access_key_id()
+        except Exception as exc:  # the chain raises plain exceptions of several kinds
+            raise ConfigError(
+                "no Alibaba Cloud credentials: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
+                f"ALIBABA_CLOUD_ACCESS_KEY_SECRET (or another default-chain source): {exc}"
+            ) from None
+        config = Config(
+            credential=credential, region_id=settings.region, endpoint=endpoint, protocol=protocol
+        )
+        return Client(config), access_key_id
+
+    async def submit_dynamic_image_job(
+        self, video_id: str, template_id: str, override_params: str | None
+    ) -> tuple[str, str]:
+        """Submit a job; returns (JobId, RequestId)."""
+        request = models.SubmitDynamicImageJobRequest(
+            video_id=video_id,
+            dynamic_image_template_id=template_id,
+            override_params=override_params,
+        )
+        response = await self._call(
+            "SubmitDynamicImageJob", lambda: self._client.submit_dynamic_image_job_async(request)
+        )
+        return response.body.dynamic_image_job.job_id, response.body.request_id
+
+    async def list_dynamic_image(self, video_id: str) -> list[DynamicImage]:
+        request = models.ListDynamicImageRequest(video_id=video_id)
+        response = await self._call(
+            "ListDynamicImage", lambda: self._client.list_dynamic_image_async(request)
+        )
+        return [
+            DynamicImage(
+                job_id=item.job_id, video_id=video_id, file_url=item.file_url, raw=item.to_map()
+            )
+            for item in response.body.dynamic_image_list or []
+            if item.job_id
+        ]
+
+    async def set_message_callback(
+        self, callback_url: str, auth_key: str, event_types: list[str]
+    ) -> str:
+        """Configure VOD's HTTP callback with signing on; returns the RequestId."""
+        request = models.SetMessageCallbackRequest(
+            callback_type="HTTP",
+            callback_url=callback_url,
+            auth_switch="on",
+            auth_key=auth_key,
+            event_type_list=",".join(event_types),
+        )
+        response = await self._call(
+            "SetMessageCallback", lambda: self._client.set_message_callback_async(request)
+        )
+        return str(response.body.request_id)
+
+    async def get_message_callback(self) -> dict[str, Any]:
+        request = models.GetMessageCallbackRequest()
+        response = await self._call(
+            "GetMessageCallback", lambda: self._client.get_message_callback_async(request)
+        )
+        callback = response.body.message_callback
+        return dict(callback.to_map()) if callback is not None else {}
+
+    async def _call(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            await self._limiter.acquire()
+            try:
+                return await call()
+            except TeaException as exc:
+                error = _vod_error(exc)
+            attempt += 1
+            if not error.transient or attempt >= self._retry.attempts:
+                raise error
+            delay = self._retry.delay(attempt)
+            logger.warning("vod_call_retried", action=action, code=error.code, attempt=attempt,
+                           delay_s=round(delay, 3))  # fmt: skip
+            await asyncio.sleep(delay)
+
+
+def _vod_error(exc: TeaException) -> VodError:
+    if isinstance(exc, AlibabaCloudException):
+        data = exc.data if isinstance(exc.data, dict) else {}
+        return VodError(
+            str(exc.code),
+            str(data.get("Message") or exc.message),
+            status_code=exc.status_code,
+            request_id=exc.request_id,
+        )
+    # Connection failures reach us as an UnretryableException wrapping the cause.
+    cause = getattr(exc, "inner_exception", None) or exc
+    return VodError("NetworkError", str(getattr(cause, "message", None) or cause))
