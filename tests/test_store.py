@@ -1,8 +1,8 @@
 import asyncio
-from hashlib import sha1
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
+from hashlib import sha1
 
 from redis.asyncio import Redis
 
@@ -10,7 +10,7 @@ from tests.conftest import free_port, published, sample_path, stream_entries
 from webhook.embedded import EmbeddedRedis
 from webhook.events import Envelope, parse_callback
 from webhook.settings import Settings
-from webhook.store import Store, script_source
+from webhook.store import Recorded, Store, script_source
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -169,3 +169,96 @@ async def test_embedded_store_runs_the_same_script(make_settings: Callable[..., 
         await store.close()
     finally:
         embedded.stop()
+
+
+SUBMITTED_AT = datetime(2017, 3, 20, 7, 49, 10, tzinfo=UTC)
+JOB = "b1e7a3c59e2f4d6f8a0b1c2d3e4f5a6b"
+SUBMISSION: dict[str, object] = {"template_id": "tpl", "tags": {"k": "v"}}
+
+
+async def submit(store: Store, job_id: str = JOB) -> Recorded | None:
+    return await store.record_submission(
+        job_id, "3d97d4aa1e5c4fb8a2f1c0b9e4d213dd", SUBMISSION, SUBMITTED_AT
+    )
+
+
+async def test_outcome_after_submission_is_correlated(redis_client: Redis) -> None:
+    store = store_for(redis_client)
+    await submit(store)
+    assert [job_id for job_id, _ in await store.pending_jobs()] == [JOB]
+    assert (await store.job(JOB) or {})["status"] == "submitted"
+
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(f"t:jobs:{JOB}")
+    recorded = await store.record(envelope())
+    [message] = await published(pubsub, 2, within=1)
+    await pubsub.aclose()
+    out = Envelope.model_validate_json(message["data"])
+    assert out.id == recorded.id
+    assert out.submission is not None
+    assert out.submission["template_id"] == "tpl"
+    assert out.submission["tags"] == {"k": "v"}
+    # EventTime 07:49:17 minus submission at 07:49:10.
+    assert out.submission["latency_ms"] == 7000
+    assert await store.pending_jobs() == []
+    assert (await store.job(JOB) or {})["correlated"] == "1"
+
+
+async def test_outcome_before_submission_yields_exactly_one_correlated_envelope(
+    redis_client: Redis,
+) -> None:
+    store = store_for(redis_client)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(f"t:jobs:{JOB}")
+    first = await store.record(envelope())
+    late = await submit(store)
+    again = await submit(store)
+    messages = [
+        Envelope.model_validate_json(m["data"]) for m in await published(pubsub, 3, within=1)
+    ]
+    await pubsub.aclose()
+    assert [m.submission is not None for m in messages] == [False, True]
+    assert messages[0].id == first.id
+    assert late is not None
+    assert messages[1].id == late.id
+    assert again is None
+    assert messages[1].submission is not None
+    assert messages[1].submission["latency_ms"] == 7000
+    assert await store.pending_jobs() == []
+    stored = Envelope.model_validate_json((await store.job(JOB) or {})["envelope"])
+    assert stored == messages[1]
+    # The job's outcome is still recorded once: a re-sent callback is a duplicate.
+    assert (await store.record(envelope())).duplicate
+
+
+async def test_a_real_outcome_supersedes_a_timed_out_verdict_once(redis_client: Redis) -> None:
+    store = store_for(redis_client)
+    await submit(store)
+    verdict = Envelope(
+        event_type="DynamicImageComplete",
+        status="timed_out",
+        job_id=JOB,
+        received_at=NOW,
+        source="reconcile",
+        payload={},
+    )
+    assert not (await store.record(verdict)).duplicate
+    assert (await store.record(verdict)).duplicate
+    real = await store.record(envelope())
+    assert not real.duplicate
+    assert (await store.record(envelope())).duplicate
+    assert (await store.job(JOB) or {})["status"] == "success"
+
+
+async def test_pending_jobs_are_listed_oldest_first_and_by_age(redis_client: Redis) -> None:
+    store = store_for(redis_client)
+    for number, minute in ((1, 30), (2, 10), (3, 20)):
+        at = SUBMITTED_AT.replace(minute=minute)
+        await store.record_submission(f"job-{number}", "v", SUBMISSION, at)
+    assert [job for job, _ in await store.pending_jobs()] == ["job-2", "job-3", "job-1"]
+    cutoff = int(SUBMITTED_AT.replace(minute=25).timestamp() * 1000)
+    assert [job for job, _ in await store.pending_jobs(submitted_before_ms=cutoff)] == [
+        "job-2",
+        "job-3",
+    ]
+    assert await store.video_ids(["job-1", "missing"]) == ["v", None]

@@ -21,11 +21,13 @@ class RateLimiter:
         self.interval_us = round(1_000_000 / (qps * MARGIN))
         self._reserve = redis.register_script(script_source("gcra"))
 
-    async def acquire(self) -> None:
-        """Wait for this caller's slot; slots are handed out in order of arrival."""
+    async def acquire(self) -> float:
+        """Wait for this caller's slot (handed out in order of arrival); returns the slot's time,
+        seconds since the epoch on Redis's clock."""
         try:
-            wait_us = int(await self._reserve(keys=[self.key], args=[self.interval_us]))
+            slot_us, wait_us = await self._reserve(keys=[self.key], args=[self.interval_us])
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"Redis is unavailable for the rate limiter: {exc}") from None
         if wait_us > 0:
             await asyncio.sleep(wait_us / 1_000_000)
+        return int(slot_us) / 1_000_000
