@@ -19,6 +19,7 @@ import redis
 import uvicorn
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
+from starlette.types import ASGIApp
 
 from webhook.app import create_app
 from webhook.sender import signed_headers
@@ -104,21 +105,24 @@ def make_settings(redis_server: RedisServer) -> Callable[..., Settings]:
     return make
 
 
+ServeApp = Callable[[Callable[[str], ASGIApp]], Awaitable[str]]
 Receiver = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-async def start_receiver(
-    make_settings: Callable[..., Settings],
-) -> AsyncIterator[Receiver]:
-    """Serve `create_app(settings)` with uvicorn on a loopback port; returns its base URL."""
+async def serve_app() -> AsyncIterator[ServeApp]:
+    """Serve an app with uvicorn on a loopback port, stopped after the test.
+
+    Takes a function from the base URL to the app (so an app may know its own address) and
+    returns the base URL.
+    """
     running: list[tuple[uvicorn.Server, asyncio.Task[None]]] = []
 
-    async def start(**overrides: Any) -> str:
-        app = create_app(make_settings(**overrides))
+    async def start(build: Callable[[str], ASGIApp]) -> str:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        config = uvicorn.Config(build(base), log_config=None, access_log=False, lifespan="on")
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         running.append((server, task))
@@ -126,13 +130,31 @@ async def start_receiver(
             if task.done():
                 task.result()
             await asyncio.sleep(0.01)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return base
 
     yield start
-    for server, task in running:
+    for server, task in reversed(running):
         server.should_exit = True
         with suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.fixture
+def start_receiver(make_settings: Callable[..., Settings], serve_app: ServeApp) -> Receiver:
+    """Serve the receiver; returns its base URL. With `self_registered=True` its CALLBACK_URL
+    is the URL it is served at, as for a VOD (or emulator) that posts where it signs."""
+
+    async def start(*, self_registered: bool = False, **overrides: Any) -> str:
+        def build(base: str) -> ASGIApp:
+            if self_registered:
+                overrides["callback_url"] = (
+                    f"{base}{overrides.get('callback_path', '/callbacks/vod')}"
+                )
+            return create_app(make_settings(**overrides))
+
+        return await serve_app(build)
+
+    return start
 
 
 @pytest.fixture
@@ -160,8 +182,11 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "co
 
 
 def clean_env() -> dict[str, str]:
-    """The environment for CLI subprocesses: this one without any VOD_WEBHOOK_* setting."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("VOD_WEBHOOK_")}
+    """The environment for CLI subprocesses: this one without VOD_WEBHOOK_* or Alibaba Cloud
+    settings, and with the ECS metadata probe off."""
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(("VOD_WEBHOOK_", "ALIBABA_CLOUD_"))
+    } | {"ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true"}
 
 
 async def published(pubsub: PubSub, count: int, within: float = 3) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ and retried with bounded exponential backoff when the failure is transient."""
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 
 import structlog
 from alibabacloud_credentials.client import Client as CredentialClient
+from alibabacloud_credentials.models import Config as CredentialConfig
 from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
 from alibabacloud_tea_openapi.utils_models import Config
 from alibabacloud_vod20170321 import models
@@ -106,7 +108,7 @@ class Vod:
             settings.vod_endpoint or f"vod.{settings.region}.aliyuncs.com"
         )
         try:
-            credential = CredentialClient()
+            credential = _credential_client()
             access_key_id = credential.get_credential().get_access_key_id()
         except Exception as exc:  # the chain raises plain exceptions of several kinds
             raise ConfigError(
@@ -184,6 +186,24 @@ class Vod:
             logger.warning("vod_call_retried", action=action, code=error.code, attempt=attempt,
                            delay_s=round(delay, 3))  # fmt: skip
             await asyncio.sleep(delay)
+
+
+def _credential_client() -> CredentialClient:
+    """The default chain, but with the environment read now: the credentials package reads
+    ALIBABA_CLOUD_* variables once, when it is imported."""
+    key_id = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID")
+    secret = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+    if not (key_id and secret):
+        return CredentialClient()
+    token = os.environ.get("ALIBABA_CLOUD_SECURITY_TOKEN")
+    return CredentialClient(
+        CredentialConfig(
+            type="sts" if token else "access_key",
+            access_key_id=key_id,
+            access_key_secret=secret,
+            security_token=token,
+        )
+    )
 
 
 def _vod_error(exc: TeaException) -> VodError:
