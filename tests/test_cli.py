@@ -5,97 +5,15 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
-import sys
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from tests.conftest import AUTH_KEY, RedisServer, clean_env, free_port, sample_path, wait_for
-
-COMMAND = str(Path(sys.executable).parent / "vod-webhook")
-
-
-class Process:
-    """A CLI subprocess whose output lines are collected as they come."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.popen = subprocess.Popen(
-            [COMMAND, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-        )
-        self.stdout: list[str] = []
-        self.stderr: list[str] = []
-        for stream, lines in ((self.popen.stdout, self.stdout), (self.popen.stderr, self.stderr)):
-            threading.Thread(target=self._collect, args=(stream, lines), daemon=True).start()
-
-    @staticmethod
-    def _collect(stream: object, lines: list[str]) -> None:
-        for line in stream:  # type: ignore[attr-defined]
-            lines.append(line)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-        code = self.popen.wait(timeout)
-        time.sleep(0.1)  # let the reader threads take the last lines
-        return code
-
-    def json_logs(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.stderr if line.startswith("{")]
-
-
-def env_for(**settings: str) -> dict[str, str]:
-    env = clean_env()
-    env.update({f"VOD_WEBHOOK_{name.upper()}": value for name, value in settings.items()})
-    env["VOD_WEBHOOK_LOG_FORMAT"] = "json"
-    return env
-
-
-def run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 30
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [COMMAND, *args], env=env or env_for(), capture_output=True, text=True, timeout=timeout
-    )
-
-
-@contextmanager
-def serving(*args: str, **settings: str) -> Iterator[tuple[str, Process]]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    settings.setdefault("callback_url", f"{base}/callbacks/vod")
-    settings.setdefault("auth_keys", AUTH_KEY)
-    process = Process(["serve", "--port", str(port), *args], env_for(**settings))
-
-    def healthy() -> bool:
-        if process.popen.poll() is not None:
-            raise AssertionError("serve exited:\n" + "".join(process.stderr))
-        try:
-            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    try:
-        wait_for(healthy, 20, "the receiver to become ready")
-        yield base, process
-    finally:
-        process.stop()
-
-
-@contextmanager
-def listening(*args: str, **settings: str) -> Iterator[Process]:
-    process = Process(["listen", *args], env_for(**settings))
-    try:
-        wait_for(lambda: any("listening on" in line for line in process.stderr), 15, "listen")
-        yield process
-    finally:
-        process.stop(signal.SIGINT)
+from tests.conftest import AUTH_KEY, RedisServer, free_port, sample_path, wait_for
+from tests.processes import env_for, listening, run, serving
 
 
 def test_quick_start_send_test_shows_up_in_listen_on_the_embedded_store() -> None:

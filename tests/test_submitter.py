@@ -209,7 +209,7 @@ async def test_callback_before_submission_still_yields_one_correlated_envelope(
     pubsub = redis_client.pubsub()
     await pubsub.psubscribe("vod:jobs:*")
     submitted = await Submitter(vod, world.store).submit(JobSpec(video_id="v", template_id="t"))
-    envelopes = []
+    envelopes: list[dict[str, Any]] = []
     while len(envelopes) < 2:
         message = await pubsub.get_message(timeout=5)
         if message is not None and message["type"] == "pmessage":
@@ -272,6 +272,8 @@ async def _all_done(world: World) -> bool:
 
 
 async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float = 10) -> None:
-    async with asyncio.timeout(within):
-        while not await check():
-            await asyncio.sleep(0.05)
+    for _ in range(int(within / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

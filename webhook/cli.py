@@ -23,6 +23,7 @@ from webhook.events import Envelope
 from webhook.reconcile import reconcile_once, run_reconciler
 from webhook.sender import sample_dynamic_image_event, send_callback
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
+from webhook.signature import auth_key_problem, callback_url_problem
 from webhook.store import Keys, Store
 from webhook.submitter import JobSpec, LineResult, Submitter, describe_errors
 from webhook.vod import Vod, VodError
@@ -428,9 +429,12 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if not args.callback_url or not args.auth_key:
             return _fail("give --callback-url and --auth-key (or --show)", EXIT_USAGE)
-        problem = auth_key_problem(args.auth_key)
-        if problem:
-            return _fail(f"--auth-key {problem}", EXIT_USAGE)
+        for option, problem in (
+            ("--callback-url", callback_url_problem(args.callback_url)),
+            ("--auth-key", auth_key_problem(args.auth_key)),
+        ):
+            if problem:
+                return _fail(f"{option} {problem}", EXIT_USAGE)
         request_id = await vod.set_message_callback(
             args.callback_url, args.auth_key, args.event_types
         )
@@ -440,15 +444,6 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
         "VOD_WEBHOOK_AUTH_KEYS to the same key on the receiver."
     )
     return 0
-
-
-def auth_key_problem(key: str) -> str | None:
-    """What VOD would reject in an AuthKey: at most 32 characters mixing upper, lower, digits."""
-    if not 1 <= len(key) <= 32 or not key.isascii() or not key.isalnum():
-        return "must be 1 to 32 letters and digits"
-    if key.lower() == key or key.upper() == key or not any(c.isdigit() for c in key):
-        return "must contain upper case letters, lower case letters and digits"
-    return None
 
 
 def run_emulator(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from webhook.signature import callback_url_problem
+
 ENV_PREFIX = "VOD_WEBHOOK_"
 
 
@@ -166,10 +168,9 @@ class Settings(BaseSettings):
     def _check_callback_url(cls, url: str | None) -> str | None:
         if url is None or url == "":
             return None
-        if not url.startswith(("http://", "https://")):
-            raise ValueError("must be the http:// or https:// URL registered in VOD")
-        if len(url.encode()) > 256:
-            raise ValueError("VOD accepts callback URLs of at most 256 bytes")
+        problem = callback_url_problem(url)
+        if problem:
+            raise ValueError(f"{problem}: the URL as registered in VOD")
         return url
 
     @field_validator("callback_path")

@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import re
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from webhook.errors import VerificationError
 
@@ -68,3 +69,22 @@ def verify_signature(
             "X-VOD-SIGNATURE does not match the configured callback URL and AuthKeys",
             "signature_mismatch",
         )
+
+
+def callback_url_problem(url: str) -> str | None:
+    """Why VOD would refuse this CallbackURL, or None."""
+    parts = urlsplit(url)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        return "must be an http or https URL"
+    if len(url.encode()) > 256:
+        return "must be at most 256 bytes"
+    return None
+
+
+def auth_key_problem(key: str) -> str | None:
+    """Why VOD would refuse this AuthKey, or None."""
+    if len(key) > 32:
+        return "must be at most 32 characters"
+    if not (re.search("[A-Z]", key) and re.search("[a-z]", key) and re.search("[0-9]", key)):
+        return "must contain upper case letters, lower case letters and digits"
+    return None
