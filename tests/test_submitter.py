@@ -13,6 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.conftest import AUTH_KEY, Receiver, ServeApp
+from tests.processes import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 from webhook.client import wait_for
 from webhook.emulator import EmulatorOptions, create_emulator_app
 from webhook.limiter import RateLimiter
@@ -22,8 +23,6 @@ from webhook.store import Store
 from webhook.submitter import JobSpec, LineResult, Submitter
 from webhook.vod import RetryPolicy, Vod, VodError
 
-ACCESS_KEY_ID = "LTAI5tEmulatorKey"
-ACCESS_KEY_SECRET = "emulator-secret-0123456789"
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.2)
 
 

@@ -20,6 +20,7 @@ from tqdm import tqdm
 from webhook.client import subscribe, wait_for
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
+from webhook.logs import configure_logging
 from webhook.reconcile import reconcile_once, run_reconciler
 from webhook.sender import sample_dynamic_image_event, send_callback
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
@@ -215,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
             "reconcile": reconcile,
             "register": register,
         }[args.command]
-        return asyncio.run(command(load_settings(), args))
+        settings = load_settings()
+        configure_logging(settings)  # logs go to stderr; stdout carries the command's output
+        return asyncio.run(command(settings, args))
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
     except StoreUnavailable as exc:
@@ -448,7 +451,6 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
 
 def run_emulator(args: argparse.Namespace) -> int:
     from webhook.emulator import EmulatorOptions, serve_emulator
-    from webhook.logs import configure_logging
 
     access_keys = {}
     for pair in args.access_key:
@@ -456,18 +458,21 @@ def run_emulator(args: argparse.Namespace) -> int:
         if not separator or not key_id or not secret:
             return _fail(f"--access-key {pair!r} is not ID:SECRET", EXIT_USAGE)
         access_keys[key_id] = secret
+    try:
+        options = EmulatorOptions(
+            access_keys=access_keys,
+            callback_url=args.callback_url,
+            auth_key=args.auth_key,
+            delay=args.delay,
+            drop_rate=args.drop_rate,
+            duplicate_rate=args.duplicate_rate,
+            fail_rate=args.fail_rate,
+            qps=args.qps,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        return _fail(f"emulator: {exc}", EXIT_USAGE)
     configure_logging(load_settings())
-    options = EmulatorOptions(
-        access_keys=access_keys,
-        callback_url=args.callback_url,
-        auth_key=args.auth_key,
-        delay=args.delay,
-        drop_rate=args.drop_rate,
-        duplicate_rate=args.duplicate_rate,
-        fail_rate=args.fail_rate,
-        qps=args.qps,
-        seed=args.seed,
-    )
     serve_emulator(options, host=args.host, port=args.port)
     return 0
 
