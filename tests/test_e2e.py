@@ -221,3 +221,20 @@ def test_emulator_refuses_bad_options() -> None:
     )
     assert bad_key.returncode == 2
     assert "auth_key" in bad_key.stderr
+
+
+def test_readme_offline_loop_on_the_embedded_store() -> None:
+    embedded, emulator_port = str(free_port()), free_port()
+    with (
+        serving(embedded_port=embedded) as (receiver, _),
+        emulating("--callback-url", f"{receiver}/callbacks/vod", "--auth-key", AUTH_KEY,
+                  "--delay", "0.2", port=emulator_port),
+    ):  # fmt: skip
+        env = env_for(embedded_port=embedded, vod_endpoint=f"http://127.0.0.1:{emulator_port}")
+        waited = run(
+            "submit", "--video-id", "my-video", "--template-id", "my-template", "--wait", env=env
+        )
+        assert waited.returncode == 0, waited.stderr
+        envelope = json.loads(waited.stdout)
+        assert envelope["status"] == "success"
+        assert envelope["submission"]["template_id"] == "my-template"

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import threading
 
+import redis
 from fakeredis import TcpFakeServer
 
 from webhook.settings import ENV_PREFIX, ConfigError
+from webhook.store import SCRIPTS, script_source
 
 
 class EmbeddedRedis:
@@ -29,6 +31,11 @@ class EmbeddedRedis:
 
     def start(self) -> None:
         self._thread.start()
+        # fakeredis's server closes the connection on an error reply such as NOSCRIPT, which
+        # redis-py would otherwise answer by loading the script: so load them all up front.
+        with redis.Redis.from_url(self.url) as client:
+            for name in SCRIPTS:
+                client.script_load(script_source(name))
 
     def stop(self) -> None:
         self._server.shutdown()

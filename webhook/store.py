@@ -34,6 +34,9 @@ _ID_PLACEHOLDER = '{"id":""'
 BATCH_CLAIM_SECONDS = 600
 
 
+SCRIPTS = ("record_event", "record_submission", "gcra")
+
+
 def script_source(name: str) -> str:
     """A script from webhook/scripts, with the shared functions in front."""
     scripts = resources.files("webhook") / "scripts"
