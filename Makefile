@@ -25,9 +25,10 @@ test: $(STAMP) redis-server
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## bench: measure the callback hot path (prints figures and ratios)
+## bench: measure the callback hot path and the shared submission quota (figures and ratios)
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.hot_path
+	$(BIN)/python -m bench.submit_rate
 
 # The tests start their own redis-server on a free port; install it when the machine has none.
 redis-server:

@@ -71,6 +71,14 @@ def test_invalid_configuration_stops_serve_with_exit_2(
     assert "Traceback" not in result.stderr
 
 
+def test_reconciling_inside_serve_needs_credentials() -> None:
+    env = env_for(auth_keys=AUTH_KEY, callback_url="https://h.example.com/cb", reconcile="true")
+    del env["ALIBABA_CLOUD_ACCESS_KEY_ID"]
+    result = run("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert "no Alibaba Cloud credentials" in result.stderr
+
+
 def test_embedded_port_in_use_is_a_clear_configuration_error() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

@@ -22,15 +22,15 @@ import pytest
 import uvicorn
 
 # The SDK ships without type hints or a py.typed marker.
-from alibabacloud_tea_openapi import models as open_api_models  # type: ignore[import-untyped, unused-ignore]
-from alibabacloud_tea_openapi.exceptions import (  # type: ignore[import-untyped, unused-ignore]
+from alibabacloud_tea_openapi import models as open_api_models
+from alibabacloud_tea_openapi.exceptions import (
     ClientException,
     ServerException,
 )
-from alibabacloud_tea_openapi.utils import Utils  # type: ignore[import-untyped, unused-ignore]
-from alibabacloud_vod20170321 import models  # type: ignore[import-untyped, unused-ignore]
-from alibabacloud_vod20170321.client import Client  # type: ignore[import-untyped, unused-ignore]
-from darabonba.request import DaraRequest  # type: ignore[import-untyped, unused-ignore]
+from alibabacloud_tea_openapi.utils import Utils
+from alibabacloud_vod20170321 import models
+from alibabacloud_vod20170321.client import Client
+from darabonba.request import DaraRequest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response

@@ -78,6 +78,17 @@ class DynamicImageJobInfo(BaseModel):
     height: OptionalInt = Field(None, alias="Height")
     width: OptionalInt = Field(None, alias="Width")
 
+    def to_result(self) -> JobResult | None:
+        if not self.file_url:
+            return None
+        return JobResult(
+            file_url=self.file_url,
+            file_size=self.file_size,
+            fps=self.fps,
+            width=self.width,
+            height=self.height,
+        )
+
 
 class DynamicImageComplete(BaseModel):
     """The callback VOD sends when a SubmitDynamicImageJob job ends."""
@@ -176,15 +187,7 @@ def _dynamic_image_envelope(data: dict[str, Any], received_at: datetime) -> Enve
         video_id=event.video_id,
         event_time=event.event_time,
         received_at=received_at,
-        result=JobResult(
-            file_url=info.file_url,
-            file_size=info.file_size,
-            fps=info.fps,
-            width=info.width,
-            height=info.height,
-        )
-        if info is not None and info.file_url and event.status == "success"
-        else None,
+        result=info.to_result() if info is not None and event.status == "success" else None,
         error=JobError(code=event.error_code, message=event.error_message)
         if event.status == "fail"
         else None,

@@ -18,7 +18,6 @@ from webhook.events import (
     DynamicImageJobInfo,
     Envelope,
     JobError,
-    JobResult,
     parse_event_time,
 )
 from webhook.store import Store
@@ -105,7 +104,6 @@ async def run_reconciler(
 
 
 def _recovered(image: DynamicImage, now: datetime) -> Envelope:
-    info = DynamicImageJobInfo.model_validate(image.raw)
     try:
         completed: datetime | None = parse_event_time(image.raw.get("CreationTime"))
     except ValueError:
@@ -118,13 +116,7 @@ def _recovered(image: DynamicImage, now: datetime) -> Envelope:
         event_time=completed,
         received_at=now,
         source="reconcile",
-        result=JobResult(
-            file_url=image.file_url,
-            file_size=info.file_size,
-            fps=info.fps,
-            width=info.width,
-            height=info.height,
-        ),
+        result=DynamicImageJobInfo.model_validate(image.raw).to_result(),
         payload=image.raw,
     )
 

@@ -11,6 +11,7 @@ from webhook.app import create_app
 from webhook.embedded import EmbeddedRedis
 from webhook.logs import configure_logging
 from webhook.settings import Settings, check_receiver_settings
+from webhook.vod import Vod
 
 logger = structlog.get_logger("webhook.server")
 
@@ -28,6 +29,8 @@ class AppFactory:
 
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     check_receiver_settings(settings)
+    if settings.reconcile:
+        Vod.sdk_client(settings)  # missing credentials stop start-up here, with exit code 2
     configure_logging(settings)
     embedded = None
     if settings.redis_url is None:

@@ -71,8 +71,8 @@ class DynamicImage:
 
     job_id: str
     video_id: str
-    file_url: str
     raw: dict[str, Any]
+    """The item as VOD returned it: JobId, FileURL, Format, Fps, Width, Height, FileSize, ..."""
 
 
 def parse_endpoint(endpoint: str) -> tuple[str, str]:
@@ -140,9 +140,7 @@ class Vod:
             "ListDynamicImage", lambda: self._client.list_dynamic_image_async(request)
         )
         return [
-            DynamicImage(
-                job_id=item.job_id, video_id=video_id, file_url=item.file_url, raw=item.to_map()
-            )
+            DynamicImage(job_id=item.job_id, video_id=video_id, raw=item.to_map())
             for item in response.body.dynamic_image_list or []
             if item.job_id
         ]
