@@ -70,6 +70,20 @@ def run(
     )
 
 
+def wait_until_answering(process: Process, url: str) -> None:
+    """Until `url` answers 200; fails at once, with its output, if the process exits."""
+
+    def answering() -> bool:
+        if process.popen.poll() is not None:
+            raise AssertionError(f"{process.popen.args!r} exited:\n" + "".join(process.stderr))
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(answering, 20, url)
+
+
 @contextmanager
 def serving(*args: str, **settings: str) -> Iterator[tuple[str, Process]]:
     port = free_port()
@@ -77,17 +91,8 @@ def serving(*args: str, **settings: str) -> Iterator[tuple[str, Process]]:
     settings.setdefault("callback_url", f"{base}/callbacks/vod")
     settings.setdefault("auth_keys", AUTH_KEY)
     process = Process(["serve", "--port", str(port), *args], env_for(**settings))
-
-    def healthy() -> bool:
-        if process.popen.poll() is not None:
-            raise AssertionError("serve exited:\n" + "".join(process.stderr))
-        try:
-            return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(healthy, 20, "the receiver to become ready")
+        wait_until_answering(process, f"{base}/readyz")
         yield base, process
     finally:
         process.stop()
@@ -113,17 +118,8 @@ def emulating(*args: str, port: int | None = None) -> Iterator[tuple[str, Proces
          *args],
         env_for(),
     )  # fmt: skip
-
-    def up() -> bool:
-        if process.popen.poll() is not None:
-            raise AssertionError("emulator exited:\n" + "".join(process.stderr))
-        try:
-            return httpx.get(f"{base}/_emulator/state", timeout=1).status_code == 200
-        except httpx.HTTPError:
-            return False
-
     try:
-        wait_for(up, 20, "the emulator")
+        wait_until_answering(process, f"{base}/_emulator/state")
         yield base, process
     finally:
         process.stop()
