@@ -12,10 +12,11 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import AUTH_KEY, Receiver, ServeApp
+from tests.conftest import AUTH_KEY, Receiver, RedisServer, ServeApp, free_port
 from tests.processes import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 from webhook.client import wait_for
 from webhook.emulator import EmulatorOptions, create_emulator_app
+from webhook.errors import StoreUnavailable
 from webhook.limiter import RateLimiter
 from webhook.reconcile import reconcile_once
 from webhook.settings import Settings
@@ -276,3 +277,28 @@ async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float 
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_a_job_vod_accepted_is_named_when_it_cannot_be_recorded(
+    start_world: StartWorld, make_settings: Callable[..., Settings]
+) -> None:
+    world = await start_world()
+    own = RedisServer(free_port())
+    own.start()
+    store = Store.from_settings(make_settings(redis_url=own.url, redis_timeout_seconds=1))
+
+    class RedisDiesMeanwhile(Vod):
+        async def submit_dynamic_image_job(self, *args: Any) -> tuple[str, str]:
+            answer = await super().submit_dynamic_image_job(*args)
+            own.stop()
+            return answer
+
+    vod = RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
+    try:
+        with pytest.raises(StoreUnavailable) as caught:
+            await Submitter(vod, store).submit(JobSpec(video_id="v", template_id="t"))
+    finally:
+        own.stop()
+        await store.close()
+    [job] = await world.emulator_jobs()
+    assert f"job {job['job_id']} was submitted" in caught.value.detail

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
@@ -107,27 +107,26 @@ def create_app(settings: Settings) -> Starlette:
         if not auth_keys:
             logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
         restore_signals = _mark_draining_on_signal(app.state)
-        async with asyncio.TaskGroup() as tasks:
-            reconciler = (
-                tasks.create_task(
-                    run_reconciler(
-                        store,
-                        vod,
-                        interval_seconds=settings.reconcile_interval_seconds,
-                        grace_seconds=settings.reconcile_grace_seconds,
-                        deadline_seconds=settings.reconcile_deadline_seconds,
-                    )
+        reconciler = None
+        if vod is not None:
+            reconciler = asyncio.create_task(
+                run_reconciler(
+                    store,
+                    vod,
+                    interval_seconds=settings.reconcile_interval_seconds,
+                    grace_seconds=settings.reconcile_grace_seconds,
+                    deadline_seconds=settings.reconcile_deadline_seconds,
                 )
-                if vod is not None
-                else None
             )
-            try:
-                yield
-            finally:
-                if reconciler is not None:
-                    reconciler.cancel()
-                restore_signals()
-        await store.close()
+        try:
+            yield
+        finally:
+            if reconciler is not None:
+                reconciler.cancel()
+                with suppress(asyncio.CancelledError):
+                    await reconciler
+            restore_signals()
+            await store.close()
 
     app = Starlette(
         routes=[

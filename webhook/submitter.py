@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from webhook.errors import StoreUnavailable
 from webhook.overrides import InvalidOverrides, check_override_params
 from webhook.store import Store
 from webhook.vod import Vod, VodError
@@ -98,7 +99,14 @@ class Submitter:
             "request_id": request_id,
             "submitted_at": submitted_at.isoformat().replace("+00:00", "Z"),
         }
-        await self.store.record_submission(job_id, spec.video_id, submission, submitted_at)
+        try:
+            await self.store.record_submission(job_id, spec.video_id, submission, submitted_at)
+        except StoreUnavailable as exc:
+            # VOD has the job: say which, or it is lost to the user as well as to correlation.
+            raise StoreUnavailable(
+                f"job {job_id} was submitted (request id {request_id}) but could not be "
+                f"recorded: {exc.detail}"
+            ) from None
         return Submitted(job_id, request_id, submitted_at, spec)
 
     async def submit_batch(
