@@ -14,16 +14,25 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+import anyio
 import structlog
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
-from webhook.errors import PayloadError, PayloadTooLarge, StoreUnavailable, WebhookError
+from webhook.api import read_api_routes
+from webhook.errors import (
+    BadRequest,
+    PayloadError,
+    PayloadTooLarge,
+    StoreUnavailable,
+    WebhookError,
+)
 from webhook.events import parse_callback
+from webhook.feed import StreamFeed
 from webhook.reconcile import run_reconciler
 from webhook.settings import Settings, check_receiver_settings
 from webhook.signature import verify_signature
@@ -42,6 +51,11 @@ def create_app(settings: Settings) -> Starlette:
     store = Store.from_settings(settings)
     # Built now so missing credentials stop start-up rather than the first pass.
     vod = Vod.from_settings(settings, store.redis) if settings.reconcile else None
+    feed = (
+        StreamFeed(store.redis, store.keys.stream, queue_size=settings.sse_queue_size)
+        if settings.api_token is not None
+        else None
+    )
 
     async def receive_callback(request: Request) -> Response:
         started = time.perf_counter()
@@ -99,6 +113,7 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.draining = False
+        app.state.shutdown = anyio.Event()
         try:
             await store.ensure_ready()
             logger.info("store_ready", key_prefix=settings.key_prefix)
@@ -107,6 +122,8 @@ def create_app(settings: Settings) -> Starlette:
         if not auth_keys:
             logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
         restore_signals = _mark_draining_on_signal(app.state)
+        if feed is not None:
+            feed.start()
         reconciler = None
         if vod is not None:
             reconciler = asyncio.create_task(
@@ -125,15 +142,20 @@ def create_app(settings: Settings) -> Starlette:
                 reconciler.cancel()
                 with suppress(asyncio.CancelledError):
                     await reconciler
+            if feed is not None:
+                await feed.stop()
             restore_signals()
             await store.close()
 
+    routes: list[BaseRoute] = [
+        Route(settings.callback_path, receive_callback, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+    ]
+    if feed is not None:
+        routes += read_api_routes(settings, store, feed)
     app = Starlette(
-        routes=[
-            Route(settings.callback_path, receive_callback, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-        ],
+        routes=routes,
         exception_handlers={
             WebhookError: _webhook_error,
             HTTPException: _http_error,
@@ -172,7 +194,7 @@ def _check_content_length(request: Request, limit: int) -> None:
     if declared is None:
         return
     if not declared.isdigit():
-        raise PayloadError("Content-Length must be a non-negative integer", "invalid_request")
+        raise BadRequest("Content-Length must be a non-negative integer")
     if int(declared) > limit:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
 
@@ -192,16 +214,20 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 def _mark_draining_on_signal(state: State) -> Callable[[], None]:
-    """Flag readiness down as soon as SIGTERM/SIGINT arrives, then let the server drain as usual.
+    """Flag readiness down and end event streams as soon as SIGTERM/SIGINT arrives, then let
+    the server drain as usual.
 
-    uvicorn stops listening on the signal; this covers probes already connected.
+    uvicorn stops listening on the signal; this covers probes already connected, and event
+    streams that would otherwise hold the drain up until its timeout.
     """
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    loop = asyncio.get_running_loop()
 
     def on_signal(sig: int, frame: FrameType | None) -> None:
         state.draining = True
+        loop.call_soon_threadsafe(state.shutdown.set)
         handler = previous[signal.Signals(sig)]
         if callable(handler):
             handler(sig, frame)
@@ -219,14 +245,15 @@ def _mark_draining_on_signal(state: State) -> Callable[[], None]:
     return restore
 
 
-def _error_response(status: int, code: str, detail: str) -> Response:
-    headers = {"Retry-After": "1"} if status == 503 else None
+def _error_response(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None
+) -> Response:
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
 
 
 async def _webhook_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, WebhookError)
-    return _error_response(exc.status_code, exc.code, exc.detail)
+    return _error_response(exc.status_code, exc.code, exc.detail, exc.headers)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 from tqdm import tqdm
 
-from webhook.client import subscribe, wait_for
+from webhook.client import STREAM_ID, ConsumerOptions, consume, subscribe, wait_for
+from webhook.client import replay as replay_stream
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
 from webhook.logs import configure_logging
@@ -25,7 +28,7 @@ from webhook.reconcile import reconcile_once, run_reconciler
 from webhook.sender import sample_dynamic_image_event, send_callback
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
 from webhook.signature import auth_key_problem, callback_url_problem
-from webhook.store import Keys, Store
+from webhook.store import Keys, Store, job_view
 from webhook.submitter import JobSpec, LineResult, Submitter, describe_errors
 from webhook.vod import Vod, VodError
 
@@ -60,15 +63,44 @@ def build_parser() -> argparse.ArgumentParser:
     listen = commands.add_parser(
         "listen",
         help="print envelopes as JSON lines as they are published",
-        description="Subscribe to a channel of the receiver's Redis (or its embedded store) and "
-        "print each envelope as one JSON line. Live only: what is published while it is not "
-        "running is not printed.",
+        description="Print each envelope as one JSON line, from the receiver's Redis (or its "
+        "embedded store). Without --group it follows a pub/sub channel, live only. With "
+        "--group it consumes the stream durably: stopped and restarted, it prints what it "
+        "missed, and nothing it printed and acknowledged before.",
     )
     listen.add_argument(
         "--channel",
-        help="channel to follow (default {prefix}:events, every event); e.g. "
+        help="pub/sub channel to follow (default {prefix}:events, every event); e.g. "
         "vod:events:DynamicImageComplete or vod:jobs:JOB_ID",
     )
+    listen.add_argument("--group", help="consume durably as this consumer group")
+    listen.add_argument(
+        "--consumer",
+        default=socket.gethostname(),
+        help="this consumer's name in the group; keep it across restarts (default the host "
+        "name, %(default)s)",
+    )
+    listen.add_argument(
+        "--from",
+        dest="start",
+        choices=["beginning", "now"],
+        default="now",
+        help="where a new group starts: the oldest retained envelope, or now (default); an "
+        "existing group carries on where it stopped",
+    )
+
+    replay = commands.add_parser(
+        "replay",
+        help="print envelopes from the stream's history",
+        description="Print the envelopes still in the stream as JSON lines, oldest first.",
+    )
+    replay.add_argument(
+        "--since",
+        default="0",
+        help="a stream id (print what came after it) or an ISO 8601 time; default all history",
+    )
+    replay.add_argument("--job", help="only this job's envelopes")
+    replay.add_argument("--type", dest="event_type", help="only this event type")
 
     send_test = commands.add_parser(
         "send-test",
@@ -211,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             return run_emulator(args)
         command: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = {
             "listen": listen,
+            "replay": replay,
             "submit": submit,
             "jobs": jobs,
             "reconcile": reconcile,
@@ -232,18 +265,58 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def listen(settings: Settings, args: argparse.Namespace) -> int:
+    if args.group and args.channel:
+        return _fail("--channel is for live listening; a --group reads the stream", EXIT_USAGE)
     channel = args.channel or Keys(settings.key_prefix).events_channel
     url = redis_url_of(settings)
 
     def announce() -> None:
-        print(f"listening on {channel} at {_safe_url(url)}", file=sys.stderr, flush=True)
+        where = f"group {args.group} as {args.consumer}" if args.group else channel
+        print(f"listening on {where} at {_safe_url(url)}", file=sys.stderr, flush=True)
+
+    async def show(envelope: Envelope) -> None:
+        print(envelope.model_dump_json(), flush=True)
 
     async with _store(settings) as store:
         try:
-            async for envelope in subscribe(store.redis, channel, on_subscribed=announce):
-                print(envelope.model_dump_json(), flush=True)
+            if args.group:
+                announce()
+                await consume(
+                    store.redis,
+                    args.group,
+                    args.consumer,
+                    show,
+                    prefix=settings.key_prefix,
+                    options=ConsumerOptions(start=args.start),
+                )
+            else:
+                async for envelope in subscribe(store.redis, channel, on_subscribed=announce):
+                    await show(envelope)
         except (RedisError, OSError) as exc:
             return _fail(f"Redis at {_safe_url(url)} is unavailable{_hint(settings)}: {exc}")
+    return 0
+
+
+async def replay(settings: Settings, args: argparse.Namespace) -> int:
+    since: str | datetime = args.since
+    if not STREAM_ID.fullmatch(args.since):
+        try:
+            since = datetime.fromisoformat(args.since)
+        except ValueError:
+            return _fail(
+                f"--since {args.since!r} is neither a stream id nor an ISO time", EXIT_USAGE
+            )
+        if since.tzinfo is None:
+            return _fail("--since needs a time zone, e.g. 2026-11-24T10:00:00Z", EXIT_USAGE)
+    async with _store(settings) as store:
+        async for envelope in replay_stream(
+            store.redis,
+            since,
+            event_type=args.event_type,
+            job_id=args.job,
+            prefix=settings.key_prefix,
+        ):
+            print(envelope.model_dump_json())
     return 0
 
 
@@ -374,32 +447,6 @@ async def jobs(settings: Settings, args: argparse.Namespace) -> int:
             if value not in (None, {}, ""):
                 print(f"{label:<14}{json.dumps(value) if isinstance(value, dict) else value}")
     return 0
-
-
-def job_view(job_id: str, record: dict[str, str]) -> dict[str, Any]:
-    """What `jobs show` prints: status, submission, result, source and timings."""
-    envelope = Envelope.model_validate_json(record["envelope"]) if "envelope" in record else None
-    submission = (
-        envelope.submission
-        if envelope is not None and envelope.submission is not None
-        else json.loads(record.get("submission", "null"))
-    )
-    return {
-        "job_id": job_id,
-        "status": record.get("status"),
-        "video_id": record.get("video_id"),
-        "source": record.get("source"),
-        "submitted_at": submission.get("submitted_at") if submission else None,
-        "completed_at": envelope.event_time.isoformat()
-        if envelope and envelope.event_time
-        else None,
-        "received_at": record.get("received_at"),
-        "latency_ms": submission.get("latency_ms") if submission else None,
-        "submission": submission,
-        "result": envelope.result.model_dump() if envelope and envelope.result else None,
-        "error": envelope.error.model_dump() if envelope and envelope.error else None,
-        "envelope_id": record.get("envelope_id"),
-    }
 
 
 async def reconcile(settings: Settings, args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ class WebhookError(Exception):
 
     status_code = 500
     code = "internal_error"
+    headers: dict[str, str] = {}  # noqa: RUF012 - read only, per class
 
     def __init__(self, detail: str, code: str | None = None) -> None:
         super().__init__(detail)
@@ -21,6 +22,26 @@ class VerificationError(WebhookError):
 
     status_code = 401
     code = "signature_mismatch"
+
+
+class BadRequest(WebhookError):
+    """A request the API cannot make sense of (not a callback body)."""
+
+    status_code = 400
+    code = "invalid_request"
+
+
+class Unauthorized(WebhookError):
+    """The read API needs `Authorization: Bearer <VOD_WEBHOOK_API_TOKEN>`."""
+
+    status_code = 401
+    code = "unauthorized"
+    headers = {"WWW-Authenticate": "Bearer"}  # noqa: RUF012
+
+
+class NotFound(WebhookError):
+    status_code = 404
+    code = "not_found"
 
 
 class PayloadError(WebhookError):
@@ -40,3 +61,4 @@ class StoreUnavailable(WebhookError):
 
     status_code = 503
     code = "store_unavailable"
+    headers = {"Retry-After": "1"}  # noqa: RUF012

@@ -92,6 +92,20 @@ class Settings(BaseSettings):
         ge=0,
         description="On SIGTERM, how long in-flight requests may take to finish.",
     )
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token for the read API (`GET /events`, `GET /jobs/{job_id}`); "
+        "unset, those endpoints are off (404).",
+    )
+    sse_queue_size: int = Field(
+        1000,
+        ge=1,
+        description="Envelopes buffered per `/events` connection; a client that falls further "
+        "behind is disconnected and resumes from the stream with Last-Event-ID.",
+    )
+    sse_heartbeat_seconds: float = Field(
+        15, gt=0, description="Idle `/events` connections get a comment line this often."
+    )
     region: str = Field("cn-shanghai", min_length=1, description="VOD region of the account.")
     vod_endpoint: str | None = Field(
         None,
@@ -153,6 +167,11 @@ class Settings(BaseSettings):
                     f"key #{number} is not a VOD AuthKey (at most 32 printable ASCII characters)"
                 )
         return keys
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _blank_token_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("redis_url")
     @classmethod

@@ -7,6 +7,7 @@ Layout (prefix configurable):
   {prefix}:seen:{fingerprint}   dedup marker of a non-job event (holds its envelope id)
   {prefix}:batch:{fingerprint}  a batch file line: claimed, or job:<JobId> once submitted
   {prefix}:stream               capped stream of envelopes (field `envelope`)
+  {prefix}:deadletter           entries consumers gave up on, with the error
   {prefix}:events, {prefix}:events:{EventType}, {prefix}:jobs:{JobId}   pub/sub channels
 """
 
@@ -43,6 +44,14 @@ def script_source(name: str) -> str:
     return (scripts / "common.lua").read_text() + (scripts / f"{name}.lua").read_text()
 
 
+StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+def read_entries(reply: Any) -> StreamEntries:
+    """The entries of an XREAD / XREADGROUP reply (redis-py leaves these untyped)."""
+    return [entry for _, entries in reply or [] for entry in entries]
+
+
 @dataclass(frozen=True)
 class Recorded:
     id: str
@@ -56,6 +65,7 @@ class Keys:
         self.prefix = prefix
         self.stream = f"{prefix}:stream"
         self.pending = f"{prefix}:pending"
+        self.dead_letter = f"{prefix}:deadletter"
         self.events_channel = f"{prefix}:events"
 
     def job(self, job_id: str) -> str:
@@ -196,7 +206,10 @@ class Store:
         await self.redis.delete(self.keys.batch_line(fingerprint))
 
     async def job(self, job_id: str) -> dict[str, str] | None:
-        record = await self.redis.hgetall(self.keys.job(job_id))
+        try:
+            record = await self.redis.hgetall(self.keys.job(job_id))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"Redis is unavailable: {exc}") from None
         return {str(k): str(v) for k, v in record.items()} or None
 
     async def video_ids(self, job_ids: list[str]) -> list[str | None]:
@@ -253,3 +266,29 @@ def _job_fields(envelope: Envelope) -> list[str]:
         values["error_message"] = envelope.error.message
     present = {key: str(value) for key, value in values.items() if value is not None}
     return [item for pair in present.items() for item in pair]
+
+
+def job_view(job_id: str, record: dict[str, str]) -> dict[str, Any]:
+    """What `jobs show` prints: status, submission, result, source and timings."""
+    envelope = Envelope.model_validate_json(record["envelope"]) if "envelope" in record else None
+    submission = (
+        envelope.submission
+        if envelope is not None and envelope.submission is not None
+        else json.loads(record.get("submission", "null"))
+    )
+    return {
+        "job_id": job_id,
+        "status": record.get("status"),
+        "video_id": record.get("video_id"),
+        "source": record.get("source"),
+        "submitted_at": submission.get("submitted_at") if submission else None,
+        "completed_at": envelope.event_time.isoformat()
+        if envelope and envelope.event_time
+        else None,
+        "received_at": record.get("received_at"),
+        "latency_ms": submission.get("latency_ms") if submission else None,
+        "submission": submission,
+        "result": envelope.result.model_dump() if envelope and envelope.result else None,
+        "error": envelope.error.model_dump() if envelope and envelope.error else None,
+        "envelope_id": record.get("envelope_id"),
+    }

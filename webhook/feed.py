@@ -1,0 +1,93 @@
+"""One follower of the stream per process, feeding every `/events` connection through its own
+bounded queue: a slow client is cut off (and resumes from the stream with Last-Event-ID), and
+never slows Redis, the receiver or the other clients."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import cast
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from webhook.store import StreamEntries, read_entries
+
+logger = structlog.get_logger("webhook.feed")
+
+Entry = tuple[str, str]  # (stream id, envelope JSON)
+
+
+class Overflowed(Exception):
+    """The connection fell more than its queue behind."""
+
+
+class Subscription:
+    def __init__(self, size: int) -> None:
+        self._queue: asyncio.Queue[Entry | None] = asyncio.Queue(size)
+        self.overflowed = False
+
+    def offer(self, entry: Entry) -> None:
+        if self.overflowed:
+            return
+        try:
+            self._queue.put_nowait(entry)
+        except asyncio.QueueFull:
+            self.overflowed = True
+            # Room for the marker: drop what this connection can no longer keep up with.
+            while not self._queue.empty():
+                self._queue.get_nowait()
+            self._queue.put_nowait(None)
+
+    async def next(self) -> Entry:
+        entry = await self._queue.get()
+        if entry is None:
+            raise Overflowed
+        return entry
+
+
+class StreamFeed:
+    def __init__(self, redis: Redis, stream: str, *, queue_size: int) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._queue_size = queue_size
+        self._subscriptions: set[Subscription] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._follow())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._task
+
+    @asynccontextmanager
+    async def subscription(self) -> AsyncIterator[Subscription]:
+        subscription = Subscription(self._queue_size)
+        self._subscriptions.add(subscription)
+        try:
+            yield subscription
+        finally:
+            self._subscriptions.discard(subscription)
+
+    async def _follow(self) -> None:
+        last: str | None = None
+        while True:
+            try:
+                if last is None:
+                    newest = cast(StreamEntries, await self._redis.xrevrange(self._stream, count=1))
+                    last = newest[0][0] if newest else "0-0"
+                # Short blocks keep each call inside the client's socket timeout.
+                answer = await self._redis.xread({self._stream: last}, count=500, block=1000)
+            except (RedisError, OSError) as exc:
+                logger.warning("feed_interrupted", detail=str(exc))
+                await asyncio.sleep(1)
+                continue
+            for entry_id, fields in read_entries(answer):
+                last = entry_id
+                for subscription in list(self._subscriptions):
+                    subscription.offer((entry_id, fields["envelope"]))
