@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import socket
 import sys
 import time
@@ -280,6 +281,9 @@ async def listen(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
         try:
             if args.group:
+                stop = asyncio.Event()
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    asyncio.get_running_loop().add_signal_handler(sig, stop.set)
                 announce()
                 await consume(
                     store.redis,
@@ -288,6 +292,7 @@ async def listen(settings: Settings, args: argparse.Namespace) -> int:
                     show,
                     prefix=settings.key_prefix,
                     options=ConsumerOptions(start=args.start),
+                    stop=stop,
                 )
             else:
                 async for envelope in subscribe(store.redis, channel, on_subscribed=announce):

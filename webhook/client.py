@@ -162,8 +162,13 @@ async def consume(
     *,
     prefix: str = "vod",
     options: ConsumerOptions | None = None,
+    stop: asyncio.Event | None = None,
 ) -> None:
-    """Hand every envelope of the stream to `handler`, once per group, until cancelled.
+    """Hand every envelope of the stream to `handler`, once per group, until `stop` is set.
+
+    Stop it with `stop` rather than by cancelling: redis-py can lose a cancellation that lands
+    in a blocking read and then wait for a reply that never comes. It returns within
+    `block_seconds` of `stop`, after the entry in hand.
 
     An entry is acknowledged only after `handler` returns, so a crash means redelivery (to this
     consumer when it restarts under the same name, or to a peer after `claim_idle_seconds`).
@@ -182,7 +187,8 @@ async def consume(
     own = await redis.xreadgroup(group, consumer, {keys.stream: "0"}, count=10_000)
     await _handle_all(redis, keys, group, consumer, handler, options, read_entries(own))
     idle_ms = int(options.claim_idle_seconds * 1000)
-    while True:
+    stop = stop or asyncio.Event()
+    while not stop.is_set():
         _, claimed, *_ = await redis.xautoclaim(
             keys.stream, group, consumer, min_idle_time=idle_ms, start_id="0-0", count=options.batch
         )
