@@ -197,3 +197,69 @@ def test_usage_errors_exit_2() -> None:
     assert run("serve", "--workers", "0").returncode == 2
     assert run("send-test", "--url", "http://x").returncode == 2
     assert run("frobnicate").returncode == 2
+
+
+def test_durable_listen_prints_what_it_missed_and_nothing_twice(redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).flushall()
+    settings = {"redis_url": redis_server.url, "key_prefix": "durable"}
+    with serving(**settings) as (base, _):
+        url = f"{base}/callbacks/vod"
+
+        def send(count: int) -> list[str]:
+            sent = [run("send-test", "--url", url, "--key", AUTH_KEY) for _ in range(count)]
+            assert all(s.returncode == 0 for s in sent)
+            return [s.stdout.split("JobId=")[1].split(")")[0] for s in sent]
+
+        with listening("--group", "billing", "--consumer", "c1", **settings) as first:
+            before = send(2)
+            wait_for(lambda: len(first.stdout) == 2, 10, "two envelopes")
+        missed = send(3)  # while no consumer runs
+        with listening("--group", "billing", "--consumer", "c1", **settings) as second:
+            wait_for(lambda: len(second.stdout) == 3, 10, "what was missed")
+            after = send(1)
+            wait_for(lambda: len(second.stdout) == 4, 10, "the next one")
+    assert [json.loads(line)["job_id"] for line in first.stdout] == before
+    assert [json.loads(line)["job_id"] for line in second.stdout] == missed + after
+    assert second.popen.returncode == 0
+
+
+def test_replay_prints_history_with_filters(redis_server: RedisServer) -> None:
+    redis.Redis.from_url(redis_server.url).flushall()
+    settings = {"redis_url": redis_server.url, "key_prefix": "history"}
+    with serving(**settings) as (base, _):
+        url = f"{base}/callbacks/vod"
+        for _ in range(3):
+            assert run("send-test", "--url", url, "--key", AUTH_KEY).returncode == 0
+        upload = sample_path("ai_media_audit.json")
+        assert (
+            run("send-test", "--url", url, "--key", AUTH_KEY, "--file", str(upload)).returncode == 0
+        )
+    env = env_for(**settings)
+    everything = [json.loads(line) for line in run("replay", env=env).stdout.splitlines()]
+    assert [e["event_type"] for e in everything] == ["DynamicImageComplete"] * 3 + [
+        "AIMediaAuditComplete"
+    ]
+    after_first = run("replay", "--since", everything[0]["id"], env=env).stdout.splitlines()
+    assert len(after_first) == 3
+    only_ai = run("replay", "--type", "AIMediaAuditComplete", env=env).stdout.splitlines()
+    assert [json.loads(line)["id"] for line in only_ai] == [everything[3]["id"]]
+    one_job = run("replay", "--job", everything[1]["job_id"], env=env).stdout.splitlines()
+    assert [json.loads(line)["id"] for line in one_job] == [everything[1]["id"]]
+    assert run("replay", "--since", "2999-01-01T00:00:00+00:00", env=env).stdout == ""
+    bad = run("replay", "--since", "last tuesday", env=env)
+    assert bad.returncode == 2
+    assert "neither a stream id nor an ISO time" in bad.stderr
+
+
+def test_events_over_http_on_the_embedded_store() -> None:
+    embedded = str(free_port())
+    with serving(embedded_port=embedded, api_token="tok3n") as (base, _):
+        sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
+        job_id = sent.stdout.split("JobId=")[1].split(")")[0]
+        auth = {"Authorization": "Bearer tok3n"}
+        with httpx.stream("GET", f"{base}/events?since=0", headers=auth, timeout=10) as stream:
+            lines = stream.iter_lines()
+            data = next(line for line in lines if line.startswith("data:"))
+        assert json.loads(data.removeprefix("data:"))["job_id"] == job_id
+        job = httpx.get(f"{base}/jobs/{job_id}", headers=auth)
+        assert job.json()["status"] == "success"
