@@ -8,7 +8,6 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -16,13 +15,12 @@ from starlette.routing import BaseRoute, Route
 
 from webhook.client import stream_entries, stream_position
 from webhook.errors import BadRequest, NotFound, Unauthorized
-from webhook.feed import Overflowed, StreamFeed
+from webhook.feed import Ended, StreamFeed
 from webhook.settings import Settings
 from webhook.store import Store, job_view
 
 
 def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[BaseRoute]:
-    """The routes; `app.state.shutdown` (an anyio.Event) ends open event streams."""
     assert settings.api_token is not None
     token = settings.api_token.get_secret_value().encode()
 
@@ -63,15 +61,12 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
                 while True:
                     try:
                         entry_id, body = await live.next()
-                    except Overflowed:
+                    except Ended:
                         return  # the client reconnects with Last-Event-ID and catches up
                     if _order(entry_id) > last and wanted(body):
                         yield ServerSentEvent(data=body, id=entry_id)
 
-        shutdown: anyio.Event = request.app.state.shutdown
-        return EventSourceResponse(
-            stream(), ping=settings.sse_heartbeat_seconds, shutdown_event=shutdown
-        )
+        return EventSourceResponse(stream(), ping=settings.sse_heartbeat_seconds)
 
     async def job(request: Request) -> Response:
         authorize(request)

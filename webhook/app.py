@@ -14,7 +14,6 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-import anyio
 import structlog
 from starlette.applications import Starlette
 from starlette.datastructures import State
@@ -113,7 +112,6 @@ def create_app(settings: Settings) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         app.state.draining = False
-        app.state.shutdown = anyio.Event()
         try:
             await store.ensure_ready()
             logger.info("store_ready", key_prefix=settings.key_prefix)
@@ -121,7 +119,7 @@ def create_app(settings: Settings) -> Starlette:
             logger.warning("store_unavailable", detail=exc.detail)
         if not auth_keys:
             logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
-        restore_signals = _mark_draining_on_signal(app.state)
+        restore_signals = _mark_draining_on_signal(app.state, feed.close if feed else None)
         if feed is not None:
             feed.start()
         reconciler = None
@@ -213,7 +211,9 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def _mark_draining_on_signal(state: State) -> Callable[[], None]:
+def _mark_draining_on_signal(
+    state: State, end_streams: Callable[[], None] | None
+) -> Callable[[], None]:
     """Flag readiness down and end event streams as soon as SIGTERM/SIGINT arrives, then let
     the server drain as usual.
 
@@ -227,7 +227,8 @@ def _mark_draining_on_signal(state: State) -> Callable[[], None]:
 
     def on_signal(sig: int, frame: FrameType | None) -> None:
         state.draining = True
-        loop.call_soon_threadsafe(state.shutdown.set)
+        if end_streams is not None:
+            loop.call_soon_threadsafe(end_streams)
         handler = previous[signal.Signals(sig)]
         if callable(handler):
             handler(sig, frame)

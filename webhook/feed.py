@@ -1,6 +1,7 @@
 """One follower of the stream per process, feeding every `/events` connection through its own
 bounded queue: a slow client is cut off (and resumes from the stream with Last-Event-ID), and
-never slows Redis, the receiver or the other clients."""
+never slows Redis, the receiver or the other clients. On shutdown every feed is ended, so the
+server's drain is not held up by streams that never end by themselves."""
 
 from __future__ import annotations
 
@@ -20,31 +21,37 @@ logger = structlog.get_logger("webhook.feed")
 Entry = tuple[str, str]  # (stream id, envelope JSON)
 
 
-class Overflowed(Exception):
-    """The connection fell more than its queue behind."""
+class Ended(Exception):
+    """The feed ended for this connection: it fell more than its queue behind, or the server
+    is shutting down."""
 
 
 class Subscription:
     def __init__(self, size: int) -> None:
         self._queue: asyncio.Queue[Entry | None] = asyncio.Queue(size)
-        self.overflowed = False
+        self.ended = False
 
     def offer(self, entry: Entry) -> None:
-        if self.overflowed:
+        if self.ended:
             return
         try:
             self._queue.put_nowait(entry)
         except asyncio.QueueFull:
-            self.overflowed = True
-            # Room for the marker: drop what this connection can no longer keep up with.
-            while not self._queue.empty():
-                self._queue.get_nowait()
-            self._queue.put_nowait(None)
+            self.end()
+
+    def end(self) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        # Room for the marker: drop what this connection will not be sent any more.
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._queue.put_nowait(None)
 
     async def next(self) -> Entry:
         entry = await self._queue.get()
         if entry is None:
-            raise Overflowed
+            raise Ended
         return entry
 
 
@@ -55,9 +62,16 @@ class StreamFeed:
         self._queue_size = queue_size
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow())
+
+    def close(self) -> None:
+        """End every connection's feed, now and from now on."""
+        self._closed = True
+        for subscription in self._subscriptions:
+            subscription.end()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -68,6 +82,8 @@ class StreamFeed:
     @asynccontextmanager
     async def subscription(self) -> AsyncIterator[Subscription]:
         subscription = Subscription(self._queue_size)
+        if self._closed:
+            subscription.end()
         self._subscriptions.add(subscription)
         try:
             yield subscription
