@@ -5,19 +5,24 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import structlog
+from redis.exceptions import RedisError
 from sse_starlette import EventSourceResponse, ServerSentEvent
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
+from starlette.types import Receive, Scope, Send
 
 from webhook.client import stream_entries, stream_position
 from webhook.errors import BadRequest, NotFound, Unauthorized
-from webhook.feed import Ended, StreamFeed
+from webhook.feed import Ended, StreamFeed, Subscription
 from webhook.settings import Settings
 from webhook.store import Store, job_view
+
+logger = structlog.get_logger("webhook.api")
 
 
 def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[BaseRoute]:
@@ -47,26 +52,29 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
                 job_id is None or envelope["job_id"] == job_id
             )
 
-        async def stream() -> AsyncIterator[ServerSentEvent]:
+        async def stream(live: Subscription) -> AsyncIterator[ServerSentEvent]:
             # Live entries queue up while history is replayed, so the hand-over loses nothing.
-            async with feed.subscription() as live:
-                last = (0, -1)
-                if after is not None:
+            last = (0, -1)
+            if after is not None:
+                try:
                     async for entry_id, body in stream_entries(
                         store.redis, store.keys.stream, after
                     ):
                         last = _order(entry_id)
                         if wanted(body):
                             yield ServerSentEvent(data=body, id=entry_id)
-                while True:
-                    try:
-                        entry_id, body = await live.next()
-                    except Ended:
-                        return  # the client reconnects with Last-Event-ID and catches up
-                    if _order(entry_id) > last and wanted(body):
-                        yield ServerSentEvent(data=body, id=entry_id)
+                except (RedisError, OSError) as exc:
+                    logger.warning("events_replay_interrupted", detail=str(exc))
+                    return  # the client retries from its Last-Event-ID
+            while True:
+                try:
+                    entry_id, body = await live.next()
+                except Ended:
+                    return  # the client reconnects with Last-Event-ID and catches up
+                if _order(entry_id) > last and wanted(body):
+                    yield ServerSentEvent(data=body, id=entry_id)
 
-        return EventSourceResponse(stream(), ping=settings.sse_heartbeat_seconds)
+        return _FeedResponse(feed, stream, settings.sse_heartbeat_seconds)
 
     async def job(request: Request) -> Response:
         authorize(request)
@@ -81,6 +89,26 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
         Route("/events", events, methods=["GET"]),
         Route("/jobs/{job_id}", job, methods=["GET"]),
     ]
+
+
+class _FeedResponse(Response):
+    """An event stream that is subscribed to the feed before its first byte goes out (so a
+    client that has the headers misses nothing), and always unsubscribed after."""
+
+    def __init__(
+        self,
+        feed: StreamFeed,
+        stream: Callable[[Subscription], AsyncIterator[ServerSentEvent]],
+        heartbeat_seconds: float,
+    ) -> None:
+        self.feed = feed
+        self.stream = stream
+        self.heartbeat_seconds = heartbeat_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self.feed.subscription() as live:
+            response = EventSourceResponse(self.stream(live), ping=self.heartbeat_seconds)
+            await response(scope, receive, send)
 
 
 def _order(entry_id: str) -> tuple[int, int]:
