@@ -88,7 +88,10 @@ async def test_subscribe_filters_by_type_and_job(store: Store, redis_client: Red
         await ready.acquire()
     for envelope in (job_event("j1"), upload_event("v1"), job_event("j2")):
         await store.record(envelope)
-    await asyncio.sleep(0.3)
+    for _ in range(100):
+        if [len(received[name]) for name in ("all", "type", "job")] == [3, 1, 1]:
+            break
+        await asyncio.sleep(0.05)
     for task in tasks:
         task.cancel()
     assert [e.job_id or e.video_id for e in received["all"]] == ["j1", "v1", "j2"]
@@ -123,14 +126,14 @@ async def test_a_group_gets_each_envelope_once_across_consumers(
         await store.record(job_event(f"j{n}"))
     options = ConsumerOptions(start="beginning", block_seconds=0.1, batch=3)
     handled = await collect(redis_client, "g", "a", 10, options, peers=("b",))
-    await asyncio.sleep(0.3)  # a duplicate delivery would show up meanwhile
     assert sorted(e.job_id or "" for e in handled) == sorted(f"j{n}" for n in range(10))
     assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 0
-    # Another group starting now sees only what comes next.
+    # A group that starts now (here: created at the stream's end, as start="now" does) sees
+    # only what comes next.
+    await redis_client.xgroup_create("vod:stream", "late", id="$")
     later = asyncio.create_task(
         collect(redis_client, "late", "c", 1, ConsumerOptions(block_seconds=0.1))
     )
-    await asyncio.sleep(0.3)
     await store.record(job_event("j-new"))
     assert [e.job_id for e in await later] == ["j-new"]
 
@@ -168,7 +171,6 @@ async def test_poison_entries_are_dead_lettered_and_do_not_block_the_group(
     assert dead["error"] == "RuntimeError: cannot handle this one"
     assert dead["deliveries"] == "3"
     assert dead["group"] == "g"
-    await asyncio.sleep(0.2)
     assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 0
 
 
