@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import signal
 import socket
@@ -464,7 +465,7 @@ async def reconcile(settings: Settings, args: argparse.Namespace) -> int:
             report = await reconcile_once(
                 store, vod, grace_seconds=grace, deadline_seconds=deadline
             )
-            print(json.dumps(report.__dict__))
+            print(json.dumps(dataclasses.asdict(report)))
             return 0
         print(f"reconciling every {interval:g} s", file=sys.stderr, flush=True)
         await run_reconciler(

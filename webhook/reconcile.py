@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 import structlog
@@ -75,7 +75,7 @@ async def reconcile_once(
             else:
                 report.still_pending += 1
     if report.overdue:
-        logger.info("reconcile_pass", **report.__dict__)
+        logger.info("reconcile_pass", **asdict(report))
     return report
 
 
