@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -16,8 +15,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from webhook.client import stream_entries, stream_position
+from webhook.client import matches, stream_entries, stream_position
 from webhook.errors import BadRequest, NotFound, Unauthorized
+from webhook.events import Envelope
 from webhook.feed import Ended, StreamFeed, Subscription
 from webhook.settings import Settings
 from webhook.store import Store, job_view
@@ -46,11 +46,9 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
 
         def wanted(body: str) -> bool:
             if event_type is None and job_id is None:
-                return True
-            envelope = json.loads(body)
-            return (event_type is None or envelope["event_type"] == event_type) and (
-                job_id is None or envelope["job_id"] == job_id
-            )
+                return True  # sent as stored, without parsing
+            envelope = Envelope.model_validate_json(body)
+            return matches(envelope, event_type=event_type, job_id=job_id)
 
         async def stream(live: Subscription) -> AsyncIterator[ServerSentEvent]:
             # Live entries queue up while history is replayed, so the hand-over loses nothing.

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from webhook.client import STREAM_ID, ConsumerOptions, consume, subscribe, wait_for
 from webhook.client import replay as replay_stream
-from webhook.errors import StoreUnavailable
+from webhook.errors import StoreUnavailable, explain
 from webhook.events import Envelope
 from webhook.logs import configure_logging
 from webhook.reconcile import reconcile_once, run_reconciler
@@ -31,7 +31,7 @@ from webhook.sender import sample_dynamic_image_event, send_callback
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
 from webhook.signature import auth_key_problem, callback_url_problem
 from webhook.store import Keys, Store, job_view
-from webhook.submitter import JobSpec, LineResult, Submitter, describe_errors
+from webhook.submitter import JobSpec, LineResult, Submitter
 from webhook.vod import Vod, VodError
 
 EXIT_FAILURE = 1
@@ -367,7 +367,7 @@ async def submit(settings: Settings, args: argparse.Namespace) -> int:
             tags=_parse_tags(args.tag),
         )
     except (ValidationError, ValueError, OSError) as exc:
-        message = describe_errors(exc) if isinstance(exc, ValidationError) else str(exc)
+        message = explain(exc) if isinstance(exc, ValidationError) else str(exc)
         return _fail(f"invalid job: {message}", EXIT_USAGE)
     async with _store(settings) as store:
         submitter = Submitter(Vod.from_settings(settings, store.redis), store)

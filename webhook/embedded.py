@@ -11,7 +11,7 @@ import threading
 import redis
 from fakeredis import TcpFakeServer
 
-from webhook.settings import ENV_PREFIX, ConfigError
+from webhook.settings import ENV_PREFIX, ConfigError, embedded_url
 from webhook.store import SCRIPTS, script_source
 
 
@@ -24,7 +24,7 @@ class EmbeddedRedis:
                 f"the embedded store cannot listen on 127.0.0.1:{port} ({exc.strerror}); set "
                 f"{ENV_PREFIX}EMBEDDED_PORT to a free port or {ENV_PREFIX}REDIS_URL to a Redis"
             ) from None
-        self.url = f"redis://127.0.0.1:{port}/0"
+        self.url = embedded_url(port)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="embedded-redis", daemon=True
         )

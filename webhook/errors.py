@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from pydantic import ValidationError
+
+
+def explain(exc: ValidationError, within: str = "") -> str:
+    """A pydantic error in one line, field by field, e.g.
+    `Video.Width: Input should be greater than or equal to 128; Status: Field required`."""
+    parts = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in (within, *error["loc"]) if part != "")
+        message = error["msg"].removeprefix("Value error, ")
+        parts.append(f"{where}: {message}" if where else message)
+    return "; ".join(parts)
+
 
 class WebhookError(Exception):
     """An answer to the client: a stable machine-readable `code` and a human `detail`."""

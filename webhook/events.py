@@ -22,7 +22,7 @@ from pydantic import (
     model_validator,
 )
 
-from webhook.errors import PayloadError
+from webhook.errors import PayloadError, explain
 
 DYNAMIC_IMAGE_COMPLETE = "DynamicImageComplete"
 
@@ -175,7 +175,7 @@ def _dynamic_image_envelope(data: dict[str, Any], received_at: datetime) -> Enve
     try:
         event = DynamicImageComplete.model_validate(data)
     except ValidationError as exc:
-        raise PayloadError(f"{DYNAMIC_IMAGE_COMPLETE}: {_describe(exc)}") from None
+        raise PayloadError(f"{DYNAMIC_IMAGE_COMPLETE}: {explain(exc)}") from None
     info = event.job_info
     payload = dict(data)
     if "DynamicImageJobInfo" in payload:
@@ -223,13 +223,3 @@ def _generic_envelope(event_type: str, data: dict[str, Any], received_at: dateti
         else None,
         payload=data,
     )
-
-
-def _describe(exc: ValidationError) -> str:
-    """`JobId: Field required; Status: Input should be 'success' or 'fail'`."""
-    parts = []
-    for error in exc.errors(include_url=False):
-        location = ".".join(str(part) for part in error["loc"]) or "body"
-        message = error["msg"].removeprefix("Value error, ")
-        parts.append(f"{location}: {message}")
-    return "; ".join(parts)

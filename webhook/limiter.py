@@ -5,10 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from webhook.errors import StoreUnavailable
-from webhook.store import script_source
+from webhook.store import script_source, unavailable
 
 # Slots are spaced 2 % wider than 1/qps: any 1-second window then holds at most `qps` calls even
 # with a little scheduling jitter, while 98 % of the quota stays usable.
@@ -24,10 +22,8 @@ class RateLimiter:
     async def acquire(self) -> float:
         """Wait for this caller's slot (handed out in order of arrival); returns the slot's time,
         seconds since the epoch on Redis's clock."""
-        try:
+        with unavailable("Redis is unavailable for the rate limiter: {error}"):
             slot_us, wait_us = await self._reserve(keys=[self.key], args=[self.interval_us])
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable for the rate limiter: {exc}") from None
         if wait_us > 0:
             await asyncio.sleep(wait_us / 1_000_000)
         return int(slot_us) / 1_000_000

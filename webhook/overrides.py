@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from webhook.errors import explain
+
 _CLIP_TIME = re.compile(r"\d{1,5}(\.\d{1,3})?|\d{1,2}:[0-5]\d:[0-5]\d(\.\d{1,3})?")
 
 
@@ -78,9 +80,5 @@ def check_override_params(value: object) -> dict[str, Any]:
     try:
         OverrideParams.model_validate(value)
     except ValidationError as exc:
-        problems = []
-        for error in exc.errors(include_url=False):
-            where = ".".join(str(part) for part in error["loc"])
-            problems.append(f"OverrideParams.{where}: {error['msg'].removeprefix('Value error, ')}")
-        raise InvalidOverrides("; ".join(problems)) from None
+        raise InvalidOverrides(explain(exc, "OverrideParams")) from None
     return value

@@ -234,4 +234,8 @@ def check_receiver_settings(settings: Settings) -> None:
 
 def redis_url_of(settings: Settings) -> str:
     """Where the store is: the configured Redis, or the embedded store on loopback."""
-    return settings.redis_url or f"redis://127.0.0.1:{settings.embedded_port}/0"
+    return settings.redis_url or embedded_url(settings.embedded_port)
+
+
+def embedded_url(port: int) -> str:
+    return f"redis://127.0.0.1:{port}/0"

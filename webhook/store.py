@@ -14,6 +14,8 @@ Layout (prefix configurable):
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -129,13 +131,11 @@ class Store:
     async def ensure_ready(self) -> None:
         """Redis answers and the scripts are loaded (loading them if Redis lost them)."""
         scripts: list[AsyncScript] = [self._record_event, self._record_submission]
-        try:
+        with unavailable():
             loaded = await self.redis.script_exists(*(script.sha for script in scripts))
             for script, present in zip(scripts, loaded, strict=True):
                 if not present:
                     await self.redis.script_load(script.script)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from None
 
     async def record(self, envelope: Envelope) -> Recorded:
         """Record and fan out `envelope` unless its job outcome or event was recorded before."""
@@ -196,55 +196,66 @@ class Store:
         """Claim a batch line for submission; returns what holds it already, if anything
         (`job:<JobId>` once submitted)."""
         key = self.keys.batch_line(fingerprint)
-        claimed = await self.redis.set(key, "claimed", nx=True, ex=BATCH_CLAIM_SECONDS, get=True)
+        with unavailable():
+            claimed = await self.redis.set(
+                key, "claimed", nx=True, ex=BATCH_CLAIM_SECONDS, get=True
+            )
         return str(claimed) if claimed is not None else None
 
     async def complete_batch_line(self, fingerprint: str, job_id: str) -> None:
-        await self.redis.set(self.keys.batch_line(fingerprint), f"job:{job_id}", ex=self._dedup_ttl)
+        with unavailable():
+            await self.redis.set(
+                self.keys.batch_line(fingerprint), f"job:{job_id}", ex=self._dedup_ttl
+            )
 
     async def release_batch_line(self, fingerprint: str) -> None:
-        await self.redis.delete(self.keys.batch_line(fingerprint))
+        with unavailable():
+            await self.redis.delete(self.keys.batch_line(fingerprint))
 
     async def job(self, job_id: str) -> dict[str, str] | None:
-        try:
+        with unavailable():
             record = await self.redis.hgetall(self.keys.job(job_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from None
         return {str(k): str(v) for k, v in record.items()} or None
 
     async def video_ids(self, job_ids: list[str]) -> list[str | None]:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for job_id in job_ids:
-                pipe.hget(self.keys.job(job_id), "video_id")
-            return [str(v) if v is not None else None for v in await pipe.execute()]
+        with unavailable():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for job_id in job_ids:
+                    pipe.hget(self.keys.job(job_id), "video_id")
+                values = await pipe.execute()
+        return [str(v) if v is not None else None for v in values]
 
     async def forget_pending(self, job_id: str) -> None:
-        await self.redis.zrem(self.keys.pending, job_id)
+        with unavailable():
+            await self.redis.zrem(self.keys.pending, job_id)
 
     async def take_turn(self, task: str, token: str, seconds: float) -> bool:
         """Whether it is this caller's turn to run `task`: one caller per `seconds`, any process."""
-        try:
-            return bool(
-                await self.redis.set(
-                    f"{self.keys.prefix}:turn:{task}", token, nx=True, px=int(seconds * 1000)
-                )
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"Redis is unavailable: {exc}") from None
+        key = f"{self.keys.prefix}:turn:{task}"
+        with unavailable():
+            return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
 
     async def pending_jobs(self, submitted_before_ms: int | None = None) -> list[tuple[str, int]]:
         """(job id, submitted ms) of jobs still waiting for an outcome, oldest first."""
         high = "+inf" if submitted_before_ms is None else submitted_before_ms
-        rows = await self.redis.zrangebyscore(self.keys.pending, "-inf", high, withscores=True)
+        with unavailable():
+            rows = await self.redis.zrangebyscore(self.keys.pending, "-inf", high, withscores=True)
         return [(str(row[0]), int(row[1])) for row in rows]
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
-        try:
+        # The caller's detail names no host or port: it is sent to whoever posted the callback.
+        with unavailable("Redis is unavailable, nothing was stored; retry later ({kind})"):
             return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(
-                f"Redis is unavailable, nothing was stored; retry later ({type(exc).__name__})"
-            ) from None
+
+
+@contextmanager
+def unavailable(message: str = "Redis is unavailable: {error}") -> Iterator[None]:
+    """Turn a failure to reach or use Redis into StoreUnavailable, the one error that means
+    "retry later" (503 over HTTP). `message` may use {error} and {kind}."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(message.format(error=exc, kind=type(exc).__name__)) from None
 
 
 def _epoch_ms(moment: datetime) -> int:

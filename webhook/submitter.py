@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from webhook.errors import StoreUnavailable
+from webhook.errors import StoreUnavailable, explain
 from webhook.overrides import InvalidOverrides, check_override_params
 from webhook.store import Store
 from webhook.vod import Vod, VodError
@@ -133,7 +133,7 @@ class Submitter:
         try:
             spec = JobSpec.model_validate_json(text)
         except ValidationError as exc:
-            return LineResult(number, "failed", error=describe_errors(exc))
+            return LineResult(number, "failed", error=explain(exc))
         fingerprint = spec.fingerprint()
         earlier = await self.store.claim_batch_line(fingerprint)
         if earlier is not None:
@@ -150,11 +150,3 @@ class Submitter:
             raise
         await self.store.complete_batch_line(fingerprint, submitted.job_id)
         return LineResult(number, "submitted", job_id=submitted.job_id)
-
-
-def describe_errors(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"]) or "line"
-        parts.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
-    return "; ".join(parts)

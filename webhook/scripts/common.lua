@@ -36,11 +36,11 @@ end
 
 -- The job's recorded submission with its latency to `completed_ms`, or nil if none.
 local function submission_of(job, completed_ms)
-  local submission = redis.call('HGET', job, 'submission')
+  local submission, submitted_ms = unpack(redis.call('HMGET', job, 'submission', 'submitted_ms'))
   if not submission then
     return nil
   end
-  local latency = math.max(0, completed_ms - tonumber(redis.call('HGET', job, 'submitted_ms')))
+  local latency = math.max(0, completed_ms - tonumber(submitted_ms))
   return string.sub(submission, 1, -2) .. string.format(',"latency_ms":%d}', latency)
 end
 

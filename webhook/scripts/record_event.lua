@@ -20,9 +20,9 @@ local mode, job_id, status, completed_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(A
 local ttl, maxlen, envelope, n = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 
 if mode == 'job' then
-  local seen = redis.call('HGET', marker, 'envelope_id')
+  local seen, recorded_status = unpack(redis.call('HMGET', marker, 'envelope_id', 'status'))
   -- A timed_out verdict is the reconciler's guess: a real outcome arriving later still counts.
-  local guessed = redis.call('HGET', marker, 'status') == 'timed_out' and status ~= 'timed_out'
+  local guessed = recorded_status == 'timed_out' and status ~= 'timed_out'
   if seen and not guessed then
     return {0, seen}
   end
