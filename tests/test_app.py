@@ -18,6 +18,7 @@ from tests.conftest import (
     stream_entries,
     vod_headers,
 )
+from tests.processes import serving
 from webhook.app import create_app
 from webhook.settings import ConfigError, Settings
 from webhook.signature import sign
@@ -244,11 +245,92 @@ async def test_redis_refusing_writes_gives_503_and_writes_nothing(
         refused = await post(http, base)
         assert refused.status_code == 503
         assert refused.json()["error"] == "store_unavailable"
-        assert await admin.keys("vod:*") == []
+        assert await admin.keys("vod:*") == ["vod:ready"]  # the start-up readiness probe
         await admin.config_set("maxmemory", "0")
         assert (await post(http, base)).json()["duplicate"] is False
         await admin.aclose()
     finally:
+        own.stop()
+
+
+def job_body(number: int) -> bytes:
+    """The sample callback for another job."""
+    data = json.loads(SUCCESS)
+    data["JobId"] = f"{number:032x}"
+    data["DynamicImageJobInfo"] = data["DynamicImageJobInfo"].replace(JOB_ID, data["JobId"])
+    return json.dumps(data).encode()
+
+
+async def test_every_callback_after_a_redis_restart_is_stored(
+    start_receiver: Receiver, http: httpx.AsyncClient
+) -> None:
+    own = RedisServer(free_port())
+    own.start()
+    try:
+        base = await start_receiver(redis_url=own.url)
+        # Concurrent callbacks leave that many connections idle in the pool.
+        warm = await asyncio.gather(*(post(http, base, job_body(n)) for n in range(40)))
+        assert {r.status_code for r in warm} == {200}
+        own.stop()
+        own.start()
+        # Every pooled connection is dead now; each is re-made, not answered with 503.
+        after = await asyncio.gather(*(post(http, base, job_body(n)) for n in range(40, 80)))
+        assert [r.status_code for r in after] == [200] * 40
+        assert all(r.json()["status"] == "accepted" for r in after)
+    finally:
+        own.stop()
+
+
+async def test_a_burst_waits_for_a_pooled_connection_rather_than_failing() -> None:
+    own = RedisServer(free_port())
+    own.start()
+    # The real server in its own process: in this one, the test's client would eat the loop.
+    with serving(redis_url=own.url, redis_max_connections="8", callback_url=CALLBACK_URL) as (
+        base,
+        _,
+    ):
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as many:
+            responses = await asyncio.gather(*(post(many, base) for _ in range(1000)))
+        admin = Redis.from_url(own.url, decode_responses=True)
+        # The receiver never held more connections than allowed (the admin is one more).
+        connections = len(await admin.client_list())
+        stored = await admin.xlen("vod:stream")
+        await admin.aclose()
+    own.stop()
+    assert [r.status_code for r in responses] == [200] * 1000
+    assert sum(r.json()["status"] == "accepted" for r in responses) == 1
+    assert stored == 1
+    assert 1 < connections <= 8 + 1
+
+
+@pytest.mark.parametrize(
+    ("refusal", "config"),
+    [
+        ("maxmemory with noeviction", {"maxmemory-policy": "noeviction", "maxmemory": "1"}),
+        ("a read-only replica", {"replica-read-only": "yes"}),
+    ],
+)
+async def test_readyz_is_503_while_redis_refuses_writes(
+    start_receiver: Receiver, http: httpx.AsyncClient, refusal: str, config: dict[str, str]
+) -> None:
+    own = RedisServer(free_port())
+    own.start()
+    admin = Redis.from_url(own.url, decode_responses=True)
+    try:
+        base = await start_receiver(redis_url=own.url)
+        assert (await http.get(f"{base}/readyz")).status_code == 200
+        for name, value in config.items():
+            await admin.config_set(name, value)
+        if refusal == "a read-only replica":
+            # A replica of an address nobody serves: it stays read-only, as after a failover.
+            await admin.replicaof("127.0.0.1", str(free_port()))
+        not_ready = await http.get(f"{base}/readyz")
+        assert not_ready.status_code == 503, refusal
+        assert not_ready.json()["error"] == "store_unavailable"
+        assert (await post(http, base)).status_code == 503
+    finally:
+        await admin.aclose()
         own.stop()
 
 

@@ -4,13 +4,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from hashlib import sha1
 
+import pytest
+from fakeredis import FakeServer
+from fakeredis.aioredis import FakeRedis
 from redis.asyncio import Redis
 
-from tests.conftest import free_port, published, sample_path, stream_entries
+from tests.conftest import RedisServer, free_port, published, sample_path, stream_entries
 from webhook.embedded import EmbeddedRedis
+from webhook.errors import StoreUnavailable
 from webhook.events import Envelope, parse_callback
 from webhook.settings import Settings
-from webhook.store import Recorded, Store, script_source
+from webhook.store import Recorded, Store, UnsupportedRedis, script_source
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -262,3 +266,31 @@ async def test_pending_jobs_are_listed_oldest_first_and_by_age(redis_client: Red
         "job-3",
     ]
     assert await store.video_ids(["job-1", "missing"]) == ["v", None]
+
+
+async def test_redis_older_than_7_is_refused_by_name() -> None:
+    # No Redis 6 can run here: fakeredis emulates its refusal of SET with both NX and GET.
+    old = FakeRedis(server=FakeServer(version=(6, 2)), decode_responses=True)
+    store = store_for(old)
+    with pytest.raises(UnsupportedRedis, match=r"Redis 7\.0 or newer is required"):
+        await store.ensure_ready()
+    await old.aclose()
+
+
+async def test_ready_means_a_write_would_be_stored(redis_server: RedisServer) -> None:
+    own = RedisServer(free_port())
+    own.start()
+    admin = Redis.from_url(own.url, decode_responses=True)
+    store = Store.from_settings(Settings(_env_file=None, redis_url=own.url, allow_unsigned=True))
+    try:
+        await store.ensure_ready()
+        await admin.config_set("maxmemory-policy", "noeviction")
+        await admin.config_set("maxmemory", "1")
+        with pytest.raises(StoreUnavailable, match="maxmemory"):
+            await store.ensure_ready()
+        await admin.config_set("maxmemory", "0")
+        await store.ensure_ready()
+    finally:
+        await store.close()
+        await admin.aclose()
+        own.stop()

@@ -35,7 +35,7 @@ from webhook.feed import StreamFeed
 from webhook.reconcile import run_reconciler
 from webhook.settings import Settings, check_receiver_settings
 from webhook.signature import verify_signature
-from webhook.store import Store
+from webhook.store import Store, UnsupportedRedis
 from webhook.vod import Vod
 
 logger = structlog.get_logger("webhook.app")
@@ -115,6 +115,9 @@ def create_app(settings: Settings) -> Starlette:
         try:
             await store.ensure_ready()
             logger.info("store_ready", key_prefix=settings.key_prefix)
+        except UnsupportedRedis as exc:
+            logger.error("redis_unsupported", detail=exc.detail)
+            raise
         except StoreUnavailable as exc:
             logger.warning("store_unavailable", detail=exc.detail)
         if not auth_keys:

@@ -87,6 +87,14 @@ class Settings(BaseSettings):
         le=4.5,
         description="Connect and command timeout for Redis; kept under VOD's 5 s answer deadline.",
     )
+    redis_max_connections: int = Field(
+        50,
+        ge=1,
+        le=10_000,
+        description="Redis connections each worker may open. A callback holds one for a single "
+        "round trip, so a burst waits its turn (at most `REDIS_TIMEOUT_SECONDS`) instead of "
+        "failing; Redis runs one command at a time, so more connections add no throughput.",
+    )
     shutdown_timeout_seconds: float = Field(
         10.0,
         ge=0,

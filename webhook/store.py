@@ -8,6 +8,7 @@ Layout (prefix configurable):
   {prefix}:batch:{fingerprint}  a batch file line: claimed, or job:<JobId> once submitted
   {prefix}:stream               capped stream of envelopes (field `envelope`)
   {prefix}:deadletter           entries consumers gave up on, with the error
+  {prefix}:ready                readiness probe: written by every /readyz, expires in 10 s
   {prefix}:events, {prefix}:events:{EventType}, {prefix}:jobs:{JobId}   pub/sub channels
 """
 
@@ -21,12 +22,12 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.retry import Retry
+from redis.exceptions import RedisError, ResponseError
 
 from webhook.errors import StoreUnavailable
 from webhook.events import DYNAMIC_IMAGE_COMPLETE, Envelope
@@ -94,15 +95,22 @@ class Keys:
 
 
 def connect_redis(settings: Settings) -> Redis:
-    # One quick retry covers a pooled connection that died with a Redis restart; no retry on
-    # timeouts, so a callback is answered well inside VOD's 5 s.
-    return Redis.from_url(
+    """A client whose pool makes a burst wait for a connection, and whose commands are retried
+    once on a fresh connection when the pooled one died (as every one does when Redis restarts).
+
+    Timeouts are not retried and a wait for a connection is bounded by the Redis timeout, so a
+    callback is still answered well inside VOD's 5 s.
+    """
+    pool = BlockingConnectionPool.from_url(
         redis_url_of(settings),
+        max_connections=settings.redis_max_connections,
+        timeout=settings.redis_timeout_seconds,
         socket_timeout=settings.redis_timeout_seconds,
         socket_connect_timeout=settings.redis_timeout_seconds,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         decode_responses=True,
     )
+    return Redis.from_pool(pool)
 
 
 class Store:
@@ -129,10 +137,25 @@ class Store:
         await self.redis.aclose()
 
     async def ensure_ready(self) -> None:
-        """Redis answers and the scripts are loaded (loading them if Redis lost them)."""
+        """Redis takes writes now, is recent enough, and has the scripts (loading any it lost).
+
+        The probe is a real write, so a Redis that answers but refuses to store (maxmemory with
+        noeviction, a read-only replica after a failover, MISCONF) is not ready. It is a SET
+        with NX and GET, as batch lines are claimed, which Redis older than 7.0 refuses.
+        """
         scripts: list[AsyncScript] = [self._record_event, self._record_submission]
         with unavailable():
-            loaded = await self.redis.script_exists(*(script.sha for script in scripts))
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.script_exists(*(script.sha for script in scripts))
+                pipe.set(f"{self.keys.prefix}:ready", "1", nx=True, get=True, px=10_000)
+                try:
+                    loaded, _ = await pipe.execute()
+                except ResponseError as exc:
+                    if "syntax error" in str(exc):
+                        raise UnsupportedRedis(
+                            "Redis 7.0 or newer is required (SET with both NX and GET)"
+                        ) from None
+                    raise
             for script, present in zip(scripts, loaded, strict=True):
                 if not present:
                     await self.redis.script_load(script.script)
@@ -246,6 +269,12 @@ class Store:
         # The caller's detail names no host or port: it is sent to whoever posted the callback.
         with unavailable("Redis is unavailable, nothing was stored; retry later ({kind})"):
             return await script(keys=keys, args=args)
+
+
+class UnsupportedRedis(StoreUnavailable):
+    """The server is too old for this project; retrying will not help."""
+
+    code = "unsupported_redis"
 
 
 @contextmanager
