@@ -182,3 +182,99 @@ def test_fingerprint_identifies_a_delivery_not_its_key_order() -> None:
 def test_envelope_json_starts_with_its_id() -> None:
     envelope = parse_callback(event(), NOW)
     assert envelope.model_dump_json().startswith('{"id":"",')
+
+
+@pytest.mark.parametrize(
+    ("body", "mentions"),
+    [
+        (event(DynamicImageJobInfo={**INFO, "FileURL": ""}), "FileURL"),
+        (
+            event(DynamicImageJobInfo={**INFO, "FileURL": "ftp://cdn.example.com/a.gif"}),
+            "FileURL: must be an http(s) URL",
+        ),
+        (
+            event(DynamicImageJobInfo={**INFO, "FileURL": "a.gif"}),
+            "FileURL: must be an http(s) URL",
+        ),
+        (
+            event(DynamicImageJobInfo={**INFO, "FileURL": "http:///a.gif"}),
+            "FileURL: must be an http(s) URL",
+        ),
+        (
+            event(DynamicImageJobInfo={**INFO, "FileURL": "http://cdn/a\r\nX-Evil: 1"}),
+            "FileURL: must not contain control characters",
+        ),
+        (event(DynamicImageJobInfo={**INFO, "Width": "-320"}), "Width"),
+        (event(DynamicImageJobInfo={**INFO, "Height": -1}), "Height"),
+        (event(DynamicImageJobInfo={**INFO, "FileSize": "-5"}), "FileSize"),
+        (
+            event(DynamicImageJobInfo={**INFO, "Width": True}),
+            "Width: must be a number, not true or false",
+        ),
+        (
+            event(DynamicImageJobInfo={**INFO, "FileSize": False}),
+            "FileSize: must be a number, not true or false",
+        ),
+        (event(DynamicImageJobInfo={**INFO, "Fps": "NaN"}), "Fps: must be a finite number"),
+        (event(DynamicImageJobInfo={**INFO, "Fps": "Infinity"}), "Fps: must be a finite number"),
+        (event(DynamicImageJobInfo={**INFO, "Fps": "-inf"}), "Fps: must be a finite number"),
+        (
+            event(DynamicImageJobInfo={**INFO, "Fps": 1.5}).replace(b"1.5", b"1e400"),
+            "Fps: must be a finite number",
+        ),
+        (event(DynamicImageJobInfo={**INFO, "Fps": "-12"}), "Fps"),
+        (
+            event(DynamicImageJobInfo={**INFO, "JobId": "job-2"}),
+            "DynamicImageJobInfo.JobId: job-2 contradicts JobId job-1",
+        ),
+        (
+            event(DynamicImageJobInfo={**INFO, "Status": "fail"}),
+            "DynamicImageJobInfo.Status: fail contradicts Status success",
+        ),
+        (event(JobId=" "), "JobId: must not be blank"),
+        (event(VideoId="\t"), "VideoId: must not be blank"),
+        (event(JobId="job\x00-1"), "JobId: must not contain control characters"),
+        (event(VideoId="video\n1"), "VideoId: must not contain control characters"),
+        (event(JobId="j" * 300), "JobId"),
+    ],
+)
+def test_impossible_events_are_rejected_naming_the_field(body: bytes, mentions: str) -> None:
+    error = rejected(body)
+    assert error.code == "invalid_event"
+    assert mentions in error.detail
+
+
+@pytest.mark.parametrize(
+    ("job_info", "mentions"),
+    [
+        ("[" * 20000 + "]" * 20000, "DynamicImageJobInfo"),
+        (json.dumps(INFO).replace("a.webp", "\\ud800.webp"), "DynamicImageJobInfo"),
+    ],
+    ids=["deeply nested", "lone surrogate"],
+)
+def test_hostile_job_info_strings_are_rejected_not_crashed_on(job_info: str, mentions: str) -> None:
+    error = rejected(event(DynamicImageJobInfo=job_info))
+    assert error.code == "invalid_event"
+    assert mentions in error.detail
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"EventType": "FileUploadComplete", "Size": NaN}',
+        b'{"EventType": "FileUploadComplete", "Name": "\\udc00"}',
+        b'{"EventType": "FileUploadComplete", "Nested": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+    ],
+    ids=["NaN", "lone surrogate", "deeply nested"],
+)
+def test_hostile_bodies_are_not_json_we_accept(body: bytes) -> None:
+    assert rejected(body).code == "invalid_json"
+
+
+def test_what_vod_sends_stays_accepted() -> None:
+    # Numbers as strings or numbers, a fractional Fps, an inner Status in another case, an
+    # https URL, and a failure that carries no job info: all legitimate.
+    info = {**INFO, "Status": "Success", "Fps": 12.5, "Width": 320, "FileSize": "0"}
+    assert parse_callback(event(DynamicImageJobInfo=info), NOW).result is not None
+    failed = parse_callback(event(Status="fail", DynamicImageJobInfo=None), NOW)
+    assert failed.error is not None

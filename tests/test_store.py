@@ -12,9 +12,9 @@ from redis.asyncio import Redis
 from tests.conftest import RedisServer, free_port, published, sample_path, stream_entries
 from webhook.embedded import EmbeddedRedis
 from webhook.errors import StoreUnavailable
-from webhook.events import Envelope, parse_callback
+from webhook.events import Envelope, JobError, parse_callback
 from webhook.settings import Settings
-from webhook.store import Recorded, Store, UnsupportedRedis, script_source
+from webhook.store import Recorded, Store, UnsupportedRedis, job_view, script_source
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -244,6 +244,7 @@ async def test_a_real_outcome_supersedes_a_timed_out_verdict_once(redis_client: 
         job_id=JOB,
         received_at=NOW,
         source="reconcile",
+        error=JobError(code="CallbackTimeout", message="no callback"),
         payload={},
     )
     assert not (await store.record(verdict)).duplicate
@@ -251,7 +252,13 @@ async def test_a_real_outcome_supersedes_a_timed_out_verdict_once(redis_client: 
     real = await store.record(envelope())
     assert not real.duplicate
     assert (await store.record(envelope())).duplicate
-    assert (await store.job(JOB) or {})["status"] == "success"
+    job = await store.job(JOB) or {}
+    assert job["status"] == "success"
+    assert job["source"] == "callback"
+    # Nothing of the guess survives next to the real outcome.
+    assert "error_code" not in job
+    assert "error_message" not in job
+    assert job_view(JOB, job)["error"] is None
 
 
 async def test_pending_jobs_are_listed_oldest_first_and_by_age(redis_client: Redis) -> None:

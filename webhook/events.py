@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import pydantic_core
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -46,9 +50,47 @@ def _blank_to_none(value: object) -> object:
     return None if value == "" else value
 
 
+def _count(value: object) -> object:
+    """A size in pixels or bytes: VOD sends digits, in a string or not; blank means unknown."""
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not true or false")
+    return _blank_to_none(value)
+
+
+def _finite(value: int | float | None) -> int | float | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _has_no_control_characters(value: str) -> str:
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return _has_no_control_characters(value)
+
+
+def _file_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    _has_no_control_characters(value)
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in {"http", "https"} or not parts.hostname:
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
 EventTime = Annotated[datetime, BeforeValidator(parse_event_time)]
-OptionalInt = Annotated[int | None, BeforeValidator(_blank_to_none)]
-OptionalNumber = Annotated[int | float | None, BeforeValidator(_blank_to_none)]
+# VOD's ids are 32 hex digits; the bound keeps a hostile one from bloating keys and logs.
+Identifier = Annotated[str, Field(max_length=128), AfterValidator(_identifier)]
+Count = Annotated[int | None, Field(ge=0), BeforeValidator(_count)]
+Rate = Annotated[int | float | None, AfterValidator(_finite), BeforeValidator(_count)]
+FileURL = Annotated[str | None, AfterValidator(_file_url), BeforeValidator(_blank_to_none)]
 
 
 def decode_job_info(value: object) -> object:
@@ -57,9 +99,11 @@ def decode_job_info(value: object) -> object:
         if not value.strip():
             return None
         try:
-            value = json.loads(value)
-        except ValueError:
-            raise ValueError("is a string but not JSON") from None
+            # pydantic's parser bounds nesting and refuses lone surrogates and NaN, as for
+            # the body itself.
+            value = pydantic_core.from_json(value, allow_inf_nan=False)
+        except ValueError as exc:
+            raise ValueError(f"is a string but not JSON ({exc})") from None
     if isinstance(value, list):
         if len(value) != 1:
             raise ValueError(f"must hold exactly one job, not {len(value)}")
@@ -70,13 +114,20 @@ def decode_job_info(value: object) -> object:
 class DynamicImageJobInfo(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True, frozen=True)
 
-    job_id: str | None = Field(None, alias="JobId")
+    job_id: Identifier | None = Field(None, alias="JobId")
     status: str | None = Field(None, alias="Status")
-    file_url: str | None = Field(None, alias="FileURL")
-    file_size: OptionalInt = Field(None, alias="FileSize")
-    fps: OptionalNumber = Field(None, alias="Fps")
-    height: OptionalInt = Field(None, alias="Height")
-    width: OptionalInt = Field(None, alias="Width")
+    file_url: FileURL = Field(None, alias="FileURL")
+    file_size: Count = Field(None, alias="FileSize")
+    fps: Rate = Field(None, alias="Fps")
+    height: Count = Field(None, alias="Height")
+    width: Count = Field(None, alias="Width")
+
+    @field_validator("fps")
+    @classmethod
+    def _fps_is_a_rate(cls, value: int | float | None) -> int | float | None:
+        if value is not None and value < 0:
+            raise ValueError("must not be negative")
+        return value
 
     def to_result(self) -> JobResult | None:
         if not self.file_url:
@@ -97,9 +148,9 @@ class DynamicImageComplete(BaseModel):
 
     event_time: EventTime = Field(alias="EventTime")
     event_type: Literal["DynamicImageComplete"] = Field(alias="EventType")
-    video_id: str = Field(alias="VideoId", min_length=1)
+    video_id: Identifier = Field(alias="VideoId")
     status: Literal["success", "fail"] = Field(alias="Status")
-    job_id: str = Field(alias="JobId", min_length=1)
+    job_id: Identifier = Field(alias="JobId")
     error_code: str | None = Field(None, alias="ErrorCode")
     error_message: str | None = Field(None, alias="ErrorMessage")
     job_info: DynamicImageJobInfo | None = Field(None, alias="DynamicImageJobInfo")
@@ -110,9 +161,18 @@ class DynamicImageComplete(BaseModel):
         return decode_job_info(value)
 
     @model_validator(mode="after")
-    def _success_has_file(self) -> DynamicImageComplete:
-        if self.status == "success" and (self.job_info is None or not self.job_info.file_url):
+    def _job_info_agrees(self) -> DynamicImageComplete:
+        info = self.job_info
+        if self.status == "success" and (info is None or not info.file_url):
             raise ValueError("a successful job needs DynamicImageJobInfo with its FileURL")
+        if info is not None and info.job_id is not None and info.job_id != self.job_id:
+            raise ValueError(
+                f"DynamicImageJobInfo.JobId: {info.job_id} contradicts JobId {self.job_id}"
+            )
+        if info is not None and info.status and info.status.lower() != self.status:
+            raise ValueError(
+                f"DynamicImageJobInfo.Status: {info.status} contradicts Status {self.status}"
+            )
         return self
 
 
@@ -158,7 +218,7 @@ class Envelope(BaseModel):
 def parse_callback(body: bytes, received_at: datetime) -> Envelope:
     """Validate a callback body. Unfamiliar event types are accepted as they are."""
     try:
-        data = pydantic_core.from_json(body)
+        data = pydantic_core.from_json(body, allow_inf_nan=False)
     except ValueError as exc:
         raise PayloadError(f"body is not valid JSON: {exc}", "invalid_json") from None
     if not isinstance(data, dict):

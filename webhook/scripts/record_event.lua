@@ -18,11 +18,12 @@
 local marker, stream, pending = KEYS[1], KEYS[2], KEYS[3]
 local mode, job_id, status, completed_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ttl, maxlen, envelope, n = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local guessed = false
 
 if mode == 'job' then
   local seen, recorded_status = unpack(redis.call('HMGET', marker, 'envelope_id', 'status'))
   -- A timed_out verdict is the reconciler's guess: a real outcome arriving later still counts.
-  local guessed = recorded_status == 'timed_out' and status ~= 'timed_out'
+  guessed = recorded_status == 'timed_out' and status ~= 'timed_out'
   if seen and not guessed then
     return {0, seen}
   end
@@ -50,7 +51,21 @@ if mode == 'job' then
   for i = 9 + n, #ARGV do
     fields[#fields + 1] = ARGV[i]
   end
+  -- HSET is the first write: refused under OOM, it leaves nothing half-written.
   redis.call('HSET', marker, unpack(fields))
+  if guessed then
+    -- Result or error fields of the guess that the real outcome does not have go.
+    local given = {}
+    for i = 1, #fields, 2 do
+      given[fields[i]] = true
+    end
+    for _, field in ipairs({'file_url', 'file_size', 'fps', 'width', 'height', 'error_code',
+                            'error_message', 'event_time'}) do
+      if not given[field] then
+        redis.call('HDEL', marker, field)
+      end
+    end
+  end
   redis.call('EXPIRE', marker, ttl)
   redis.call('ZREM', pending, job_id)
 else
