@@ -40,8 +40,9 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server subprocess on a free loopback port, keeping nothing on disk."""
 
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *options: str) -> None:
         self.port = port or free_port()
+        self.options = options
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -51,7 +52,7 @@ class RedisServer:
             pytest.fail("redis-server is not installed; `make test` installs it")
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--loglevel", "warning"],
+             "--appendonly", "no", "--loglevel", "warning", *self.options],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         client = redis.Redis.from_url(self.url)
@@ -179,6 +180,16 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+async def eventually(
+    predicate: Callable[[], Awaitable[bool]], within: float = 5, what: str = "condition"
+) -> None:
+    deadline = time.monotonic() + within
+    while not await predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
 
 
 def clean_env() -> dict[str, str]:

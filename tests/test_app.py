@@ -1,7 +1,8 @@
 import asyncio
 import json
+import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import httpx
 import pytest
@@ -12,6 +13,7 @@ from tests.conftest import (
     CALLBACK_URL,
     Receiver,
     RedisServer,
+    eventually,
     free_port,
     published,
     sample_path,
@@ -304,32 +306,53 @@ async def test_a_burst_waits_for_a_pooled_connection_rather_than_failing() -> No
     assert 1 < connections <= 8 + 1
 
 
+async def fill_memory(admin: Redis) -> None:
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", "1")
+
+
+async def become_a_replica(admin: Redis) -> None:
+    # Of an address nobody serves: it stays a read-only replica, as after a failover.
+    await admin.replicaof("127.0.0.1", str(free_port()))
+
+
+async def fail_a_snapshot(admin: Redis) -> None:
+    # A snapshot that cannot be written makes Redis refuse writes (MISCONF) until one succeeds:
+    # its directory (see below) is gone.
+    await admin.config_set("save", "3600 1")
+    await admin.config_set("stop-writes-on-bgsave-error", "yes")
+    await admin.bgsave()
+
+    async def snapshot_failed() -> bool:
+        return bool((await admin.info("persistence"))["rdb_last_bgsave_status"] == "err")
+
+    await eventually(snapshot_failed, what="the snapshot to fail")
+
+
 @pytest.mark.parametrize(
-    ("refusal", "config"),
-    [
-        ("maxmemory with noeviction", {"maxmemory-policy": "noeviction", "maxmemory": "1"}),
-        ("a read-only replica", {"replica-read-only": "yes"}),
-    ],
+    "refuse_writes",
+    [fill_memory, become_a_replica, fail_a_snapshot],
+    ids=["maxmemory with noeviction", "read-only replica", "MISCONF"],
 )
 async def test_readyz_is_503_while_redis_refuses_writes(
-    start_receiver: Receiver, http: httpx.AsyncClient, refusal: str, config: dict[str, str]
+    start_receiver: Receiver,
+    http: httpx.AsyncClient,
+    refuse_writes: Callable[[Redis], Awaitable[None]],
 ) -> None:
-    own = RedisServer(free_port())
-    own.start()
+    with tempfile.TemporaryDirectory() as directory:
+        own = RedisServer(free_port(), "--dir", directory)
+        own.start()
     admin = Redis.from_url(own.url, decode_responses=True)
     try:
         base = await start_receiver(redis_url=own.url)
         assert (await http.get(f"{base}/readyz")).status_code == 200
-        for name, value in config.items():
-            await admin.config_set(name, value)
-        if refusal == "a read-only replica":
-            # A replica of an address nobody serves: it stays read-only, as after a failover.
-            await admin.replicaof("127.0.0.1", str(free_port()))
+        await refuse_writes(admin)
         not_ready = await http.get(f"{base}/readyz")
-        assert not_ready.status_code == 503, refusal
+        assert not_ready.status_code == 503
         assert not_ready.json()["error"] == "store_unavailable"
         assert (await post(http, base)).status_code == 503
     finally:
+        await admin.config_set("save", "")  # or it would not stop, failing its last snapshot
         await admin.aclose()
         own.stop()
 

@@ -37,6 +37,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from tests.conftest import eventually
 from webhook.emulator import EmulatorOptions, create_emulator_app
 from webhook.errors import VerificationError
 from webhook.signature import verify_signature
@@ -188,16 +189,6 @@ async def start_emulator() -> AsyncIterator[StartEmulator]:
 
     yield start
     await loopback.stop()
-
-
-async def eventually(
-    predicate: Callable[[], Awaitable[bool]], within: float = 5, what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + within
-    while not await predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def settled(emulator: RunningEmulator, job_id: str, within: float = 6) -> dict[str, Any]:
