@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import socket
@@ -172,6 +173,16 @@ def vod_headers(
 
 def sample_path(name: str) -> Path:
     return Path(__file__).parent / "samples" / name
+
+
+def job_callback(job_id: str, status: str = "success") -> dict[str, Any]:
+    """The documented sample callback, for another job (outside and inside its job info)."""
+    data: dict[str, Any] = json.loads(sample_path("dynamic_image_success.json").read_text())
+    data["DynamicImageJobInfo"] = data["DynamicImageJobInfo"].replace(data["JobId"], job_id)
+    data.update(JobId=job_id, Status=status)
+    if status == "fail":
+        del data["DynamicImageJobInfo"]
+    return data
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10, what: str = "condition") -> None:

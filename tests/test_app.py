@@ -15,6 +15,7 @@ from tests.conftest import (
     RedisServer,
     eventually,
     free_port,
+    job_callback,
     published,
     sample_path,
     stream_entries,
@@ -256,11 +257,7 @@ async def test_redis_refusing_writes_gives_503_and_writes_nothing(
 
 
 def job_body(number: int) -> bytes:
-    """The sample callback for another job."""
-    data = json.loads(SUCCESS)
-    data["JobId"] = f"{number:032x}"
-    data["DynamicImageJobInfo"] = data["DynamicImageJobInfo"].replace(JOB_ID, data["JobId"])
-    return json.dumps(data).encode()
+    return json.dumps(job_callback(f"{number:032x}")).encode()
 
 
 async def test_every_callback_after_a_redis_restart_is_stored(

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import RedisServer, sample_path, stream_entries
+from tests.conftest import RedisServer, job_callback, stream_entries
 from webhook.client import ConsumerOptions, Handler, consume, replay, subscribe
 from webhook.events import Envelope, parse_callback
 from webhook.store import Store
@@ -22,11 +22,7 @@ NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
 
 def job_event(job_id: str, status: str = "success") -> Envelope:
-    data = json.loads(sample_path("dynamic_image_success.json").read_text())
-    data.update(JobId=job_id, Status=status)
-    if status == "fail":
-        del data["DynamicImageJobInfo"]
-    return parse_callback(json.dumps(data).encode(), NOW)
+    return parse_callback(json.dumps(job_callback(job_id, status)).encode(), NOW)
 
 
 def upload_event(video_id: str) -> Envelope:
