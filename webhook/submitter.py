@@ -174,7 +174,8 @@ class Submitter:
                 await self.store.release_batch_line(fingerprint)  # else it lapses on its own
             detail = exc.detail if isinstance(exc, StoreUnavailable) else str(exc)
             return LineResult(number, "failed", error=detail)
-        # Interrupted (BaseException) while VOD may have accepted the job: the line stays claimed.
+        # An interruption (BaseException) propagates with the line still claimed: VOD may have
+        # taken the job.
         try:
             await self.store.complete_batch_line(fingerprint, submitted.job_id)
         except StoreUnavailable as exc:
