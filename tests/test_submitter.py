@@ -302,3 +302,60 @@ async def test_a_job_vod_accepted_is_named_when_it_cannot_be_recorded(
         await store.close()
     [job] = await world.emulator_jobs()
     assert f"job {job['job_id']} was submitted" in caught.value.detail
+
+
+async def test_a_batch_line_vod_accepted_is_reported_with_its_job_when_redis_dies(
+    start_world: StartWorld, make_settings: Callable[..., Settings]
+) -> None:
+    world = await start_world()
+    own = RedisServer(free_port())
+    own.start()
+    store = Store.from_settings(make_settings(redis_url=own.url, redis_timeout_seconds=1))
+
+    class RedisDiesMeanwhile(Vod):
+        async def submit_dynamic_image_job(self, *args: Any) -> tuple[str, str]:
+            answer = await super().submit_dynamic_image_job(*args)
+            own.stop()
+            return answer
+
+    vod = RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
+    try:
+        summary = await Submitter(vod, store).submit_batch(
+            ['{"video_id": "v", "template_id": "t"}']
+        )
+    finally:
+        own.stop()
+        await store.close()
+    [job] = await world.emulator_jobs()
+    [result] = summary.results
+    assert (result.status, result.job_id) == ("submitted", job["job_id"])
+    assert f"job {job['job_id']} was submitted" in (result.error or "")
+
+
+async def test_a_batch_line_vod_accepted_stays_claimed_when_it_cannot_be_recorded(
+    start_world: StartWorld, redis_client: Redis
+) -> None:
+    world = await start_world()
+
+    class RedisRefusesWritesMeanwhile(Vod):
+        async def submit_dynamic_image_job(self, *args: Any) -> tuple[str, str]:
+            answer = await super().submit_dynamic_image_job(*args)
+            await redis_client.config_set("maxmemory", 1)  # noeviction: every write refused
+            return answer
+
+    vod = RedisRefusesWritesMeanwhile(world.vod._client, world.vod._limiter, FAST_RETRY)
+    lines = ['{"video_id": "v", "template_id": "t"}']
+    try:
+        first = await Submitter(vod, world.store).submit_batch(lines)
+    finally:
+        await redis_client.config_set("maxmemory", 0)
+    [job] = await world.emulator_jobs()
+    [result] = first.results
+    assert (result.status, result.job_id) == ("submitted", job["job_id"])
+    assert "could not be recorded" in (result.error or "")
+
+    again = await world.submitter.submit_batch(lines)
+    [rerun] = again.results
+    assert rerun.status == "failed"
+    assert "not submitted: claimed by a run" in (rerun.error or "")
+    assert len(await world.emulator_jobs()) == 1

@@ -400,7 +400,15 @@ async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(f"cannot read {args.from_file}: {exc}", EXIT_USAGE)
     total = sum(1 for line in lines if line.strip())
+    url = redis_url_of(settings)
     async with _store(settings) as store:
+        try:
+            await store.redis.ping()  # one clear error rather than one per line
+        except (RedisError, OSError) as exc:
+            return _fail(
+                f"Redis at {_safe_url(url)} is unavailable{_hint(settings)}: {exc}; "
+                "nothing was submitted"
+            )
         submitter = Submitter(Vod.from_settings(settings, store.redis), store)
         with tqdm(total=total, unit="job", file=sys.stderr, disable=None) as progress:
 
@@ -413,14 +421,16 @@ async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
 
             summary = await submitter.submit_batch(lines, report)
     for result in summary.results:
-        if result.status == "failed":
+        if result.error:
             print(f"{args.from_file}:{result.line}: {result.error}", file=sys.stderr)
+    troubled = sum(1 for r in summary.results if r.status == "submitted" and r.error)
     print(
         f"submitted {summary.count('submitted')}, already submitted {summary.count('skipped')}, "
-        f"failed {summary.count('failed')}",
+        f"failed {summary.count('failed')}"
+        + (f"; {troubled} of the submitted not fully recorded (see above)" if troubled else ""),
         file=sys.stderr,
     )
-    return EXIT_FAILURE if summary.count("failed") else 0
+    return EXIT_FAILURE if summary.count("failed") or troubled else 0
 
 
 async def jobs(settings: Settings, args: argparse.Namespace) -> int:

@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -20,7 +22,10 @@ from typing import Any, Literal, cast
 import structlog
 from pydantic import ValidationError
 from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhook.events import Envelope
 from webhook.store import Keys, StreamEntries, read_entries
@@ -30,6 +35,21 @@ logger = structlog.get_logger("webhook.client")
 TERMINAL_STATUSES = frozenset({"success", "fail", "timed_out"})
 STREAM_ID = re.compile(r"\d+(-\d+)?")
 Handler = Callable[[Envelope], Awaitable[None]]
+
+
+# How long one pub/sub read waits before looking again; it ends nothing.
+PUBSUB_POLL_SECONDS = 1.0
+
+
+async def _messages(pubsub: PubSub) -> AsyncIterator[dict[str, Any]]:
+    """What `pubsub.listen()` yields, read with a timeout of its own: redis-py before 8.0.1
+    applies the socket timeout to listen's blocking read, so a channel quiet for 2 s ended
+    `listen` and `submit --wait` with TimeoutError. A read that times out on its own timeout
+    returns None instead, on every version."""
+    while pubsub.subscribed:
+        message = await pubsub.get_message(timeout=PUBSUB_POLL_SECONDS)
+        if message is not None:
+            yield message
 
 
 def channel_for(keys: Keys, *, event_type: str | None = None, job_id: str | None = None) -> str:
@@ -64,7 +84,7 @@ async def subscribe(
     channel = channel or channel_for(Keys(prefix), event_type=event_type, job_id=job_id)
     async with redis.pubsub() as pubsub:
         await pubsub.subscribe(channel)
-        async for message in pubsub.listen():
+        async for message in _messages(pubsub):
             if message["type"] == "subscribe":
                 if on_subscribed is not None:
                     result = on_subscribed()
@@ -91,7 +111,7 @@ async def wait_for(
     keys = Keys(prefix)
     async with asyncio.timeout(timeout), redis.pubsub() as pubsub:
         await pubsub.subscribe(keys.job_channel(job_id))
-        async for message in pubsub.listen():
+        async for message in _messages(pubsub):
             if message["type"] == "subscribe":
                 stored = await redis.hget(keys.job(job_id), "envelope")
                 if stored:
@@ -152,6 +172,9 @@ class ConsumerOptions:
     """An entry whose handler failed this many times goes to the dead-letter stream."""
     batch: int = 16
     block_seconds: float = 1.0
+    reconnect_seconds: float = 60.0
+    """How long to keep retrying, once running, while Redis cannot be reached (a restart,
+    a failover) before giving up with the error."""
 
 
 async def consume(
@@ -168,70 +191,175 @@ async def consume(
 
     Stop it with `stop` rather than by cancelling: redis-py can lose a cancellation that lands
     in a blocking read and then wait for a reply that never comes. It returns within
-    `block_seconds` of `stop`, after the entry in hand.
+    `block_seconds` of `stop`, after the entry in hand; entries read but not yet handled stay
+    pending for this consumer, which handles them first when it starts again.
 
     An entry is acknowledged only after `handler` returns, so a crash means redelivery (to this
     consumer when it restarts under the same name, or to a peer after `claim_idle_seconds`).
-    An entry whose handler keeps failing is moved, with the error, to `{prefix}:deadletter`.
+    An entry whose handler keeps failing is moved, with the error, to `{prefix}:deadletter`;
+    an entry that is not an envelope at all is moved there at once.
+
+    Redis out of reach at the start raises at once; once running, it is retried for up to
+    `reconnect_seconds`. A group that vanished (a Redis restart without persistence, FLUSHALL,
+    XGROUP DESTROY) is created again where this consumer had read up to.
     """
     options = options or ConsumerOptions()
-    keys = Keys(prefix)
-    try:
-        await redis.xgroup_create(
-            keys.stream, group, id="$" if options.start == "now" else "0", mkstream=True
-        )
-    except ResponseError as exc:
-        if "BUSYGROUP" not in str(exc):
-            raise
-    # First what this consumer was given before and never acknowledged (it stopped meanwhile).
-    own = await redis.xreadgroup(group, consumer, {keys.stream: "0"}, count=10_000)
-    await _handle_all(redis, keys, group, consumer, handler, options, read_entries(own))
-    idle_ms = int(options.claim_idle_seconds * 1000)
-    stop = stop or asyncio.Event()
-    while not stop.is_set():
-        _, claimed, *_ = await redis.xautoclaim(
-            keys.stream, group, consumer, min_idle_time=idle_ms, start_id="0-0", count=options.batch
-        )
-        await _handle_all(
-            redis, keys, group, consumer, handler, options, cast(StreamEntries, claimed)
-        )
-        fresh = await redis.xreadgroup(
-            group,
-            consumer,
-            {keys.stream: ">"},
-            count=options.batch,
-            block=int(options.block_seconds * 1000),
-        )
-        await _handle_all(redis, keys, group, consumer, handler, options, read_entries(fresh))
+    loop = _ConsumerLoop(
+        redis, Keys(prefix), group, consumer, handler, options, stop or asyncio.Event()
+    )
+    await loop.join(_START_IDS[options.start])
+    await loop.run()
 
 
-async def _handle_all(
-    redis: Redis,
-    keys: Keys,
-    group: str,
-    consumer: str,
-    handler: Handler,
-    options: ConsumerOptions,
-    entries: StreamEntries,
-) -> None:
-    for entry_id, fields in entries:
+_START_IDS = {"now": "$", "beginning": "0"}
+# Errors that mean "Redis is out of reach for now" (redis-py raises OSError subclasses too).
+_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _group_lost(error: ResponseError) -> bool:
+    # NOGROUP: the group (or its stream) is gone; UNBLOCKED: the stream was deleted while a
+    # blocking read waited on it.
+    return str(error).startswith(("NOGROUP", "UNBLOCKED"))
+
+
+class _ConsumerLoop:
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        group: str,
+        consumer: str,
+        handler: Handler,
+        options: ConsumerOptions,
+        stop: asyncio.Event,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.group = group
+        self.consumer = consumer
+        self.handler = handler
+        self.options = options
+        self.stop = stop
+        self.position = "0"
+        """The group's read position as last known here: where to create it again if lost."""
+        self.failures = 0
+        """Failures in a row without a successful read since, for the backoff."""
+
+    async def join(self, start: str) -> None:
+        """Create the group at `start` unless it exists; learn its read position."""
+        stream = self.keys.stream
+        try:
+            await self.redis.xgroup_create(stream, self.group, id=start, mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        for info in await self.redis.xinfo_groups(stream):
+            if info["name"] == self.group:
+                self.position = str(info["last-delivered-id"])
+
+    async def run(self) -> None:
+        outage_since: float | None = None
+        rejoin = False
+        while not self.stop.is_set():
+            try:
+                if rejoin:
+                    await self.join(self.position)
+                    logger.warning(
+                        "consumer_group_recreated", group=self.group, position=self.position
+                    )
+                    rejoin = False
+                await self.serve()
+                return
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                logger.warning("consumer_group_lost", group=self.group, error=str(exc))
+                rejoin = True
+            except _UNREACHABLE as exc:
+                now = time.monotonic()
+                if outage_since is None or not self.failures:
+                    outage_since = now  # a new outage: the last read worked
+                if now - outage_since > self.options.reconnect_seconds:
+                    raise
+                logger.warning("redis_unavailable", group=self.group, error=repr(exc))
+            self.failures += 1
+            # The first retry is quick (a lost group is recreated at once); then back off, so
+            # a Redis that stays away or a group that keeps vanishing is not hammered.
+            delay = min(0.05 * 2 ** (self.failures - 1), 2.0)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), delay)
+
+    async def serve(self) -> None:
+        """Read and handle until `stop`; a failure of Redis or of the group propagates."""
+        redis, stream, options = self.redis, self.keys.stream, self.options
+        # First what this consumer was given before and never acknowledged (it stopped, or
+        # lost Redis, meanwhile), a page at a time.
+        after = "0"
+        while not self.stop.is_set():
+            own = read_entries(
+                await redis.xreadgroup(
+                    self.group, self.consumer, {stream: after}, count=options.batch
+                )
+            )
+            self.failures = 0
+            await self.handle_all(own)
+            if len(own) < options.batch:
+                break
+            after = own[-1][0]
+        idle_ms = int(options.claim_idle_seconds * 1000)
+        while not self.stop.is_set():
+            _, claimed, *_ = await redis.xautoclaim(
+                stream, self.group, self.consumer, idle_ms, start_id="0-0", count=options.batch
+            )
+            await self.handle_all(cast(StreamEntries, claimed))
+            if self.stop.is_set():
+                return
+            fresh = read_entries(
+                await redis.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {stream: ">"},
+                    count=options.batch,
+                    block=int(options.block_seconds * 1000),
+                )
+            )
+            self.failures = 0
+            if fresh:
+                self.position = fresh[-1][0]
+            await self.handle_all(fresh)
+
+    async def handle_all(self, entries: StreamEntries) -> None:
+        for entry_id, fields in entries:
+            if self.stop.is_set():
+                return  # the rest stay pending for this consumer
+            await self.handle(entry_id, fields)
+
+    async def handle(self, entry_id: str, fields: dict[str, str] | None) -> None:
+        redis, keys, group = self.redis, self.keys, self.group
         if fields is None:  # trimmed from the stream while pending
             await redis.xack(keys.stream, group, entry_id)
-            continue
+            return
         try:
-            await handler(Envelope.model_validate_json(fields["envelope"]))
+            envelope = Envelope.model_validate_json(fields["envelope"])
         except (ValidationError, KeyError) as exc:
-            await _dead_letter(redis, keys, group, consumer, entry_id, fields, exc, deliveries=1)
-            continue
+            # Not an envelope: no number of retries will change that.
+            await _dead_letter(redis, keys, group, self.consumer, entry_id, fields, exc, 1)
+            return
+        try:
+            await self.handler(envelope)
         except Exception as exc:
             pending = await redis.xpending_range(
                 keys.stream, group, min=entry_id, max=entry_id, count=1
             )
-            deliveries = int(pending[0]["times_delivered"]) if pending else options.max_deliveries
+            deliveries = (
+                int(pending[0]["times_delivered"]) if pending else self.options.max_deliveries
+            )
             logger.warning("handler_failed", id=entry_id, deliveries=deliveries, error=repr(exc))
-            if deliveries >= options.max_deliveries:
-                await _dead_letter(redis, keys, group, consumer, entry_id, fields, exc, deliveries)
-            continue  # left pending: claimed again after claim_idle_seconds
+            if deliveries >= self.options.max_deliveries:
+                await _dead_letter(
+                    redis, keys, group, self.consumer, entry_id, fields, exc, deliveries
+                )
+            return  # left pending: claimed again after claim_idle_seconds
         await redis.xack(keys.stream, group, entry_id)
 
 

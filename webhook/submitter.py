@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable
@@ -14,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from webhook.errors import StoreUnavailable, explain
 from webhook.overrides import InvalidOverrides, check_override_params
-from webhook.store import Store
+from webhook.store import BATCH_CLAIM_SECONDS, Store
 from webhook.vod import Vod, VodError
 
 # Batch lines in flight at once; the limiter, not this, sets the pace.
@@ -47,6 +48,18 @@ class JobSpec(BaseModel):
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+class UnrecordedSubmission(StoreUnavailable):
+    """VOD accepted the job, but Redis could not record it: the JobId must not get lost."""
+
+    def __init__(self, job_id: str, request_id: str, problem: str) -> None:
+        super().__init__(
+            f"job {job_id} was submitted (request id {request_id}) but could not be "
+            f"recorded: {problem}"
+        )
+        self.job_id = job_id
+        self.request_id = request_id
+
+
 @dataclass(frozen=True)
 class Submitted:
     job_id: str
@@ -61,6 +74,7 @@ class LineResult:
     status: Literal["submitted", "skipped", "failed"]
     job_id: str | None = None
     error: str | None = None
+    """Why it failed; for a submitted line, what went wrong after VOD accepted it."""
 
     def as_json(self) -> str:
         fields = {"line": self.line, "status": self.status, "job_id": self.job_id}
@@ -103,10 +117,7 @@ class Submitter:
             await self.store.record_submission(job_id, spec.video_id, submission, submitted_at)
         except StoreUnavailable as exc:
             # VOD has the job: say which, or it is lost to the user as well as to correlation.
-            raise StoreUnavailable(
-                f"job {job_id} was submitted (request id {request_id}) but could not be "
-                f"recorded: {exc.detail}"
-            ) from None
+            raise UnrecordedSubmission(job_id, request_id, exc.detail) from None
         return Submitted(job_id, request_id, submitted_at, spec)
 
     async def submit_batch(
@@ -135,18 +146,44 @@ class Submitter:
         except ValidationError as exc:
             return LineResult(number, "failed", error=explain(exc))
         fingerprint = spec.fingerprint()
-        earlier = await self.store.claim_batch_line(fingerprint)
+        try:
+            earlier = await self.store.claim_batch_line(fingerprint)
+        except StoreUnavailable as exc:
+            return LineResult(number, "failed", error=f"not submitted: {exc.detail}")
         if earlier is not None:
             if earlier.startswith("job:"):
                 return LineResult(number, "skipped", job_id=earlier.removeprefix("job:"))
-            return LineResult(number, "failed", error="being submitted by another run right now")
+            return LineResult(
+                number,
+                "failed",
+                error="not submitted: claimed by a run that is still submitting it, was "
+                "interrupted, or could not record its job; the claim lapses "
+                f"{BATCH_CLAIM_SECONDS} s after it was made",
+            )
         try:
             submitted = await self.submit(spec)
-        except VodError as exc:
-            await self.store.release_batch_line(fingerprint)
-            return LineResult(number, "failed", error=str(exc))
-        except BaseException:
-            await self.store.release_batch_line(fingerprint)
-            raise
-        await self.store.complete_batch_line(fingerprint, submitted.job_id)
+        except UnrecordedSubmission as exc:
+            # VOD has the job: the line stays claimed, never released, so that a re-run does not
+            # submit it again; marked done if Redis answers again by now.
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.complete_batch_line(fingerprint, exc.job_id)
+            return LineResult(number, "submitted", job_id=exc.job_id, error=exc.detail)
+        except (VodError, StoreUnavailable) as exc:
+            # Refused by VOD, or stopped by the limiter before calling it: nothing was submitted.
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release_batch_line(fingerprint)  # else it lapses on its own
+            detail = exc.detail if isinstance(exc, StoreUnavailable) else str(exc)
+            return LineResult(number, "failed", error=detail)
+        # An interruption (BaseException) propagates with the line still claimed: VOD may have
+        # taken the job.
+        try:
+            await self.store.complete_batch_line(fingerprint, submitted.job_id)
+        except StoreUnavailable as exc:
+            return LineResult(
+                number,
+                "submitted",
+                job_id=submitted.job_id,
+                error=f"job {submitted.job_id} was submitted and recorded, but its batch line "
+                f"could not be marked done: {exc.detail}",
+            )
         return LineResult(number, "submitted", job_id=submitted.job_id)

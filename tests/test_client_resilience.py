@@ -1,0 +1,259 @@
+"""The subscriber library when things go wrong: failing handlers, malformed entries, stopping
+mid-batch, a consumer group that vanishes with Redis, and quiet pub/sub subscriptions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+from pydantic import BaseModel
+from redis.asyncio import Redis
+
+from tests.conftest import RedisServer, stream_entries
+from tests.test_client import job_event
+from webhook.client import ConsumerOptions, consume, subscribe, wait_for
+from webhook.events import Envelope
+from webhook.store import Store
+
+FAST = ConsumerOptions(
+    start="beginning", claim_idle_seconds=0.1, max_deliveries=3, block_seconds=0.1
+)
+
+
+def vod_store(redis: Redis) -> Store:
+    return Store(redis, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 10) -> None:
+    for _ in range(int(within / 0.05)):
+        if await check():
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def dead_letters(redis: Redis, count: int) -> list[dict[str, str]]:
+    async def enough() -> bool:
+        return int(await redis.xlen("vod:deadletter")) >= count
+
+    await until(enough, f"{count} dead letters")
+    return [fields for _, fields in await stream_entries(redis, "vod:deadletter")]
+
+
+class Strict(BaseModel):
+    needed: int
+
+
+@pytest.mark.parametrize(
+    ("job_id", "error"),
+    [
+        ("key-error", "KeyError: 'thumbnail'"),
+        ("validation-error", "ValidationError: 1 validation error for Strict"),
+        ("value-error", "ValueError: no"),
+    ],
+)
+async def test_a_handler_error_of_any_type_is_retried_up_to_max_deliveries(
+    redis_client: Redis, job_id: str, error: str
+) -> None:
+    await vod_store(redis_client).record(job_event(job_id))
+    attempts: list[str | None] = []
+
+    async def failing(envelope: Envelope) -> None:
+        attempts.append(envelope.job_id)
+        if job_id == "key-error":
+            raise KeyError("thumbnail")
+        if job_id == "validation-error":
+            Strict.model_validate({})  # the handler's own model refuses the data
+        raise ValueError("no")
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(consume(redis_client, "g", "a", failing, options=FAST, stop=stop))
+    [dead] = await dead_letters(redis_client, 1)
+    stop.set()
+    await task
+    assert dead["deliveries"] == "3"
+    assert error in dead["error"]
+    assert attempts == [job_id] * 3
+
+
+async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(redis_client: Redis) -> None:
+    await redis_client.xadd("vod:stream", {"envelope": "not json"})
+    await redis_client.xadd("vod:stream", {"something": "else"})
+    await vod_store(redis_client).record(job_event("good"))
+    handled: list[str | None] = []
+    stop = asyncio.Event()
+
+    async def handle(envelope: Envelope) -> None:
+        handled.append(envelope.job_id)
+        stop.set()
+
+    async with asyncio.timeout(10):
+        await consume(redis_client, "g", "a", handle, options=FAST, stop=stop)
+    dead = await dead_letters(redis_client, 2)
+    assert handled == ["good"]
+    assert [d["deliveries"] for d in dead] == ["1", "1"]
+    assert "ValidationError: 1 validation error for Envelope" in dead[0]["error"]
+    assert dead[1]["error"] == "KeyError: 'envelope'"
+    assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 0
+
+
+@pytest.mark.parametrize("given_before", [False, True], ids=["fresh", "pending-at-start"])
+async def test_stop_takes_effect_after_the_entry_in_hand(
+    redis_client: Redis, given_before: bool
+) -> None:
+    store = vod_store(redis_client)
+    for n in range(5):
+        await store.record(job_event(f"j{n}"))
+    if given_before:  # delivered to "a" by an earlier run that never acknowledged them
+        await redis_client.xgroup_create("vod:stream", "g", id="0")
+        await redis_client.xreadgroup("g", "a", {"vod:stream": ">"})
+    handled: list[str | None] = []
+    stop = asyncio.Event()
+
+    async def handle_one(envelope: Envelope) -> None:
+        handled.append(envelope.job_id)
+        stop.set()
+
+    async with asyncio.timeout(10):
+        await consume(redis_client, "g", "a", handle_one, options=FAST, stop=stop)
+    assert handled == ["j0"]
+    pending = await redis_client.xpending_range("vod:stream", "g", min="-", max="+", count=10)
+    assert [p["consumer"] for p in pending] == ["a"] * 4
+
+    # Started again under the same name, it handles the rest, in order, and nothing twice.
+    rest: list[str | None] = []
+    done = asyncio.Event()
+
+    async def handle_rest(envelope: Envelope) -> None:
+        rest.append(envelope.job_id)
+        if len(rest) == 4:
+            done.set()
+
+    options = ConsumerOptions(claim_idle_seconds=3600, block_seconds=0.1)
+    async with asyncio.timeout(10):
+        await consume(redis_client, "g", "a", handle_rest, options=options, stop=done)
+    assert rest == ["j1", "j2", "j3", "j4"]
+    assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 0
+
+
+@asynccontextmanager
+async def own_redis() -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own (keeping nothing on disk), so it can be restarted."""
+    server = RedisServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def xgroup_creates(redis: Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_xgroup|create", {}).get("calls", 0))
+
+
+@pytest.mark.parametrize("loss", ["restart", "flushall", "destroy"])
+async def test_a_vanished_group_is_created_again_and_consuming_goes_on(loss: str) -> None:
+    async with own_redis() as server:
+        admin = Redis.from_url(server.url, decode_responses=True)
+        consumer_redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
+        handled: list[str | None] = []
+        stop = asyncio.Event()
+
+        async def handle(envelope: Envelope) -> None:
+            handled.append(envelope.job_id)
+
+        options = ConsumerOptions(start="beginning", block_seconds=0.2, claim_idle_seconds=3600)
+        task = asyncio.create_task(
+            consume(consumer_redis, "g", "a", handle, options=options, stop=stop)
+        )
+        try:
+            await vod_store(admin).record(job_event("before"))
+
+            async def handled_count(count: int) -> bool:
+                if task.done():
+                    task.result()  # a crash fails the test with its error
+                return len(handled) >= count
+
+            await until(lambda: handled_count(1), "the first envelope")
+            if loss == "restart":  # Redis without persistence comes back empty
+                server.stop()
+                server.start()
+                await admin.aclose()
+                admin = Redis.from_url(server.url, decode_responses=True)
+            elif loss == "flushall":
+                await admin.config_resetstat()
+                await admin.flushall()
+            else:
+                await admin.config_resetstat()
+                await admin.xgroup_destroy("vod:stream", "g")
+            await vod_store(admin).record(job_event("after"))
+            await until(lambda: handled_count(2), "the envelope after the loss")
+            assert handled == ["before", "after"]
+            assert not task.done()
+            # Created again once, not in a loop.
+            assert await xgroup_creates(admin) == 1
+            [group] = await admin.xinfo_groups("vod:stream")
+            assert group["name"] == "g"
+            await until(lambda: _none_pending(admin), "the acknowledgement")
+        finally:
+            stop.set()
+            async with asyncio.timeout(10):
+                await asyncio.gather(task, return_exceptions=True)
+            await consumer_redis.aclose()
+            await admin.aclose()
+
+
+async def _none_pending(redis: Redis) -> bool:
+    return int((await redis.xpending("vod:stream", "g"))["pending"]) == 0
+
+
+async def subscribers_idle(redis: Redis, count: int, seconds: int) -> bool:
+    """Whether `count` subscribed connections have waited `seconds` or more for a message."""
+    clients = await redis.client_list()
+    return sum(c["cmd"] == "subscribe" and int(c["idle"]) >= seconds for c in clients) >= count
+
+
+async def test_a_quiet_subscription_outlives_the_socket_timeout(
+    redis_client: Redis, redis_server: RedisServer
+) -> None:
+    # redis-py before 8.0.1 applies the socket timeout to pub/sub's blocking read, so a quiet
+    # channel ended `listen` and `submit --wait` with a TimeoutError after 2 s.
+    quiet = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=0.2)
+    store = vod_store(redis_client)
+    seen: list[Envelope] = []
+
+    async def follow() -> None:
+        async for envelope in subscribe(quiet, job_id="live"):
+            seen.append(envelope)
+
+    live = asyncio.create_task(follow())
+    waited = asyncio.create_task(wait_for(quiet, "waited", timeout=30))
+    try:
+
+        async def idle_and_alive() -> bool:
+            for task in (live, waited):
+                if task.done():
+                    task.result()
+            return await subscribers_idle(redis_client, 2, 1)
+
+        await until(idle_and_alive, "subscribers idle for five socket timeouts")
+        await store.record(job_event("live"))
+        await store.record(job_event("waited"))
+        async with asyncio.timeout(10):
+            assert (await waited).job_id == "waited"
+
+        async def live_delivered() -> bool:
+            if live.done():
+                live.result()
+            return bool(seen)
+
+        await until(live_delivered, "the live envelope")
+        assert [e.job_id for e in seen] == ["live"]
+    finally:
+        for task in (live, waited):
+            task.cancel()
+        await asyncio.gather(live, waited, return_exceptions=True)
+        await quiet.aclose()
