@@ -33,7 +33,7 @@ from webhook.errors import (
 from webhook.events import parse_callback
 from webhook.feed import StreamFeed
 from webhook.reconcile import run_reconciler
-from webhook.settings import Settings, check_receiver_settings
+from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
 from webhook.signature import verify_signature
 from webhook.store import Store
 from webhook.vod import Vod
@@ -119,6 +119,10 @@ def create_app(settings: Settings) -> Starlette:
             logger.warning("store_unavailable", detail=exc.detail)
         if not auth_keys:
             logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
+        if weak := weak_auth_keys(settings):
+            logger.warning(
+                "weak_auth_keys_allowed", reason="ALLOW_WEAK_AUTH_KEYS is set", keys=weak
+            )
         restore_signals = _mark_draining_on_signal(app.state, feed.close if feed else None)
         if feed is not None:
             feed.start()

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from webhook.signature import callback_url_problem
+from webhook.signature import auth_key_weakness, callback_url_problem
 
 ENV_PREFIX = "VOD_WEBHOOK_"
 
@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated VOD AuthKeys; any of them verifies a callback "
         "(list old and new while rotating).",
+    )
+    allow_weak_auth_keys: bool = Field(
+        False,
+        description="Start even if an `AUTH_KEYS` key is shorter than 16 characters or lacks "
+        "upper case, lower case or digits (logged as a warning). A short key can be guessed "
+        "offline from one captured signature.",
     )
     allow_unsigned: bool = Field(
         False,
@@ -230,6 +236,22 @@ def check_receiver_settings(settings: Settings) -> None:
             f"(and {ENV_PREFIX}CALLBACK_URL), or set {ENV_PREFIX}ALLOW_UNSIGNED=true to accept "
             "unsigned callbacks (development only)"
         )
+    weak = weak_auth_keys(settings)
+    if weak and not settings.allow_weak_auth_keys:
+        raise ConfigError(
+            f"{ENV_PREFIX}AUTH_KEYS: {'; '.join(weak)}. Set a random AuthKey of 16 to 32 letters "
+            f"and digits, mixed case, in VOD and here, or set {ENV_PREFIX}ALLOW_WEAK_AUTH_KEYS="
+            "true to run with it anyway"
+        )
+
+
+def weak_auth_keys(settings: Settings) -> list[str]:
+    """Why each weak key of `settings.auth_keys` is weak, naming the key by its position."""
+    return [
+        f"key #{number} {why}"
+        for number, key in enumerate(settings.auth_keys, start=1)
+        if (why := auth_key_weakness(key.get_secret_value()))
+    ]
 
 
 def redis_url_of(settings: Settings) -> str:
