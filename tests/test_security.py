@@ -69,7 +69,7 @@ async def test_read_api_refuses_a_wrong_token_of_any_length(
 ) -> None:
     base = await start_receiver(api_token=TOKEN)
     response = await http.get(
-        f"{base}/jobs/j1", headers={"Authorization": f"Bearer {given}".strip().encode()}
+        f"{base}/jobs/j1", headers={b"Authorization": f"Bearer {given}".strip().encode()}
     )
     assert response.status_code == 401
     assert response.json()["error"] == "unauthorized"
