@@ -148,6 +148,20 @@ class Settings(BaseSettings):
         description="A job neither called back nor listed this long after submission gets a "
         "terminal `timed_out` envelope.",
     )
+    verify_outcomes: bool = Field(
+        False,
+        description="Publish a callback's job outcome only once ListDynamicImage confirms it "
+        "(VOD does not sign the body). Callbacks are held in Redis meanwhile; needs VOD "
+        "credentials.",
+    )
+    verify_attempts: int = Field(
+        6,
+        ge=1,
+        le=20,
+        description="ListDynamicImage checks of a held outcome (1, 2, 4, ... s apart, at most 60 "
+        "s) before it is dropped as forged (not listed) or published unconfirmed (VOD out of "
+        "reach).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged."
     )
