@@ -20,6 +20,7 @@ from tests.conftest import (
     RedisServer,
     ServeApp,
     free_port,
+    stream_entries,
     vod_headers,
     wait_for,
 )
@@ -116,7 +117,7 @@ async def listed_url(vod: Vod, video_id: str, job_id: str) -> str:
 
 
 async def job_envelopes(store: Store, job_id: str) -> list[dict[str, Any]]:
-    entries = await store.redis.xrange(store.keys.stream)
+    entries = await stream_entries(store.redis, store.keys.stream)
     found = [json.loads(fields["envelope"]) for _, fields in entries]
     return [e for e in found if e["job_id"] == job_id]
 
@@ -260,7 +261,8 @@ async def test_the_receiver_holds_outcomes_and_records_other_events_at_once(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the forged outcome was not dropped")
-    stream = [json.loads(f["envelope"]) for _, f in await redis_client.xrange("vod:stream")]
+    entries = await stream_entries(redis_client, "vod:stream")
+    stream = [json.loads(fields["envelope"]) for _, fields in entries]
     assert [(e["event_type"], e["verified"]) for e in stream] == [("FileUploadComplete", None)]
 
 
@@ -311,5 +313,5 @@ def test_end_to_end_a_forged_callback_before_the_real_one_is_dropped(redis_url: 
     assert envelope["submission"]["video_id"] == "v1"  # correlated with the submission
     [dropped] = [log for log in server.json_logs() if log["event"] == "callback_forged"]
     assert (dropped["job_id"], dropped["file_url"]) == (job_id, "http://evil/pre.gif")
-    entries = redis.Redis.from_url(redis_url, decode_responses=True).xrange("vod:stream")
-    assert [json.loads(f["envelope"])["job_id"] for _, f in entries] == [job_id]
+    with redis.Redis.from_url(redis_url) as client:
+        assert client.xlen("vod:stream") == 1
