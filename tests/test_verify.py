@@ -315,3 +315,13 @@ def test_end_to_end_a_forged_callback_before_the_real_one_is_dropped(redis_url: 
     assert (dropped["job_id"], dropped["file_url"]) == (job_id, "http://evil/pre.gif")
     with redis.Redis.from_url(redis_url) as client:
         assert client.xlen("vod:stream") == 1
+
+
+def test_verifying_inside_serve_needs_credentials() -> None:
+    env = env_for(
+        auth_keys=AUTH_KEY, callback_url="https://h.example.com/cb", verify_outcomes="true"
+    )
+    del env["ALIBABA_CLOUD_ACCESS_KEY_ID"]
+    result = run("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert "no Alibaba Cloud credentials" in result.stderr
