@@ -26,7 +26,7 @@ from webhook.app import create_app
 from webhook.sender import signed_headers
 from webhook.settings import Settings
 
-AUTH_KEY = "Test1234Key"
+AUTH_KEY = "TestAuthKey2026abcd"
 # Deliberately not the URL tests post to: the signature covers the URL as registered in VOD.
 CALLBACK_URL = "https://hooks.example.com/callbacks/vod"
 

@@ -108,9 +108,9 @@ async def test_clock_skew_is_bounded_in_both_directions(
 async def test_uppercase_signature_and_rotated_keys_verify(
     start_receiver: Receiver, http: httpx.AsyncClient
 ) -> None:
-    base = await start_receiver(auth_keys="NewKey2026x, " + AUTH_KEY)
+    base = await start_receiver(auth_keys="NewKey2026xAbcdef, " + AUTH_KEY)
     stamp = str(int(time.time()))
-    for key in ("NewKey2026x", AUTH_KEY):
+    for key in ("NewKey2026xAbcdef", AUTH_KEY):
         headers = {
             "X-VOD-TIMESTAMP": stamp,
             "X-VOD-SIGNATURE": sign(CALLBACK_URL, stamp, key).upper(),

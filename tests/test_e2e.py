@@ -174,7 +174,7 @@ def test_register_configures_the_callback_through_the_api(redis_url: str) -> Non
     with emulating(port=emulator_port):
         env = env_for(redis_url=redis_url, vod_endpoint=f"http://127.0.0.1:{emulator_port}")
         registered = run("register", "--callback-url", "https://hooks.example.com/callbacks/vod",
-                         "--auth-key", "Rotate2026Key", env=env)  # fmt: skip
+                         "--auth-key", "Rotate2026KeyAbcd", env=env)  # fmt: skip
         assert registered.returncode == 0, registered.stderr
         assert "https://hooks.example.com/callbacks/vod" in registered.stdout
         shown = json.loads(run("register", "--show", env=env).stdout)
@@ -187,7 +187,7 @@ def test_register_configures_the_callback_through_the_api(redis_url: str) -> Non
             "--callback-url",
             "https://h.example.com/cb",
             "--auth-key",
-            "lowercase1",
+            "lowercaseonly1234",
             env=env,
         )
         assert weak.returncode == 2

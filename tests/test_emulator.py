@@ -44,7 +44,7 @@ from webhook.signature import verify_signature
 
 KEY_ID = "LTAI5tEmulatorTest"
 SECRET = "EmulatorTestSecret0123456789abcd"
-AUTH_KEY = "Emul4torKey"
+AUTH_KEY = "Emul4torAuthKey2026"
 EVENT_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
 HEX32 = re.compile(r"[0-9a-f]{32}")
 
@@ -504,7 +504,7 @@ async def test_set_then_get_message_callback_redirects_callbacks(
         "on", AUTH_KEY, "ALL",
     )  # fmt: skip
 
-    async with served((second := Recorder(auth_key="N3wAuthKey")).app()) as base_url:
+    async with served((second := Recorder(auth_key="N3wAuthKey2026abc")).app()) as base_url:
         second.url = f"{base_url}/callbacks/vod"
         await client.set_message_callback_async(
             models.SetMessageCallbackRequest(
@@ -512,13 +512,13 @@ async def test_set_then_get_message_callback_redirects_callbacks(
                 callback_url=second.url,
                 event_type_list="FileUploadComplete,DynamicImageComplete",
                 auth_switch="on",
-                auth_key="N3wAuthKey",
+                auth_key="N3wAuthKey2026abc",
             )
         )
         got = (await client.get_message_callback_async(models.GetMessageCallbackRequest())).body
         callback = got.message_callback
         assert (callback.callback_type, callback.callback_url, callback.auth_key) == (
-            "HTTP", second.url, "N3wAuthKey",
+            "HTTP", second.url, "N3wAuthKey2026abc",
         )  # fmt: skip
         assert (callback.auth_switch, callback.event_type_list) == (
             "on", "FileUploadComplete,DynamicImageComplete",

@@ -82,7 +82,9 @@ def test_receiver_requires_keys_or_an_explicit_opt_out() -> None:
         check_receiver_settings(load_settings(_env_file=None))
     check_receiver_settings(load_settings(_env_file=None, allow_unsigned=True))
     with pytest.raises(ConfigError, match="CALLBACK_URL is required"):
-        check_receiver_settings(load_settings(_env_file=None, auth_keys="Key12345"))
+        check_receiver_settings(load_settings(_env_file=None, auth_keys="Key12345Abcdefghij"))
     check_receiver_settings(
-        load_settings(_env_file=None, auth_keys="Key12345", callback_url="https://h.example/cb")
+        load_settings(
+            _env_file=None, auth_keys="Key12345Abcdefghij", callback_url="https://h.example/cb"
+        )
     )

@@ -33,9 +33,10 @@ from webhook.errors import (
 from webhook.events import parse_callback
 from webhook.feed import StreamFeed
 from webhook.reconcile import run_reconciler
-from webhook.settings import Settings, check_receiver_settings
+from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
 from webhook.signature import verify_signature
 from webhook.store import Store, UnsupportedRedis
+from webhook.verify import VerifyOptions, run_verifier
 from webhook.vod import Vod
 
 logger = structlog.get_logger("webhook.app")
@@ -49,7 +50,11 @@ def create_app(settings: Settings) -> Starlette:
     auth_keys = [key.get_secret_value() for key in settings.auth_keys]
     store = Store.from_settings(settings)
     # Built now so missing credentials stop start-up rather than the first pass.
-    vod = Vod.from_settings(settings, store.redis) if settings.reconcile else None
+    vod = (
+        Vod.from_settings(settings, store.redis)
+        if settings.reconcile or settings.verify_outcomes
+        else None
+    )
     feed = (
         StreamFeed(store.redis, store.keys.stream, queue_size=settings.sse_queue_size)
         if settings.api_token is not None
@@ -74,7 +79,10 @@ def create_app(settings: Settings) -> Starlette:
             body = await _read_body(request, settings.max_body_bytes)
             envelope = parse_callback(body, received_at)
             log = log.bind(event_type=envelope.event_type, job_id=envelope.job_id)
-            recorded = await store.record(envelope)
+            # VOD does not sign the body: with VERIFY_OUTCOMES a job outcome is held, stored,
+            # until ListDynamicImage confirms it (webhook/verify.py).
+            hold = settings.verify_outcomes and envelope.is_job_outcome and bool(envelope.job_id)
+            recorded = await (store.hold(envelope) if hold else store.record(envelope))
         except WebhookError as exc:
             log.warning(
                 "callback_rejected",
@@ -85,14 +93,18 @@ def create_app(settings: Settings) -> Starlette:
             )
             raise
         log.info(
-            "callback_duplicate" if recorded.duplicate else "callback_accepted",
+            "callback_duplicate"
+            if recorded.duplicate
+            else "callback_held"
+            if hold
+            else "callback_accepted",
             id=recorded.id,
             status=200,
             duration_ms=_ms_since(started),
         )
         return JSONResponse(
             {
-                "status": "duplicate" if recorded.duplicate else "accepted",
+                "status": "duplicate" if recorded.duplicate else "held" if hold else "accepted",
                 "duplicate": recorded.duplicate,
                 "id": recorded.id,
                 "event_type": envelope.event_type,
@@ -122,11 +134,19 @@ def create_app(settings: Settings) -> Starlette:
             logger.warning("store_unavailable", detail=exc.detail)
         if not auth_keys:
             logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
+        if weak := weak_auth_keys(settings):
+            logger.warning(
+                "weak_auth_keys_allowed", reason="ALLOW_WEAK_AUTH_KEYS is set", keys=weak
+            )
         restore_signals = _mark_draining_on_signal(app.state, feed.close if feed else None)
         if feed is not None:
             feed.start()
-        reconciler = None
-        if vod is not None:
+        reconciler = verifier = None
+        if vod is not None and settings.verify_outcomes:
+            verifier = asyncio.create_task(
+                run_verifier(store, vod, VerifyOptions(attempts=settings.verify_attempts))
+            )
+        if vod is not None and settings.reconcile:
             reconciler = asyncio.create_task(
                 run_reconciler(
                     store,
@@ -139,10 +159,11 @@ def create_app(settings: Settings) -> Starlette:
         try:
             yield
         finally:
-            if reconciler is not None:
-                reconciler.cancel()
-                with suppress(asyncio.CancelledError):
-                    await reconciler
+            for task in (reconciler, verifier):
+                if task is not None:
+                    task.cancel()
+                    with suppress(asyncio.CancelledError):
+                        await task
             if feed is not None:
                 await feed.stop()
             restore_signals()

@@ -29,7 +29,7 @@ from webhook.logs import configure_logging
 from webhook.reconcile import reconcile_once, run_reconciler
 from webhook.sender import sample_dynamic_image_event, send_callback
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
-from webhook.signature import auth_key_problem, callback_url_problem
+from webhook.signature import auth_key_problem, auth_key_weakness, callback_url_problem
 from webhook.store import Keys, Store, job_view
 from webhook.submitter import JobSpec, LineResult, Submitter
 from webhook.vod import Vod, VodError
@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
         "deployed receiver, as VOD would, and print what it answered. Exits 0 on HTTP 200.",
     )
     send_test.add_argument("--url", required=True, help="the receiver's callback URL")
-    send_test.add_argument("--key", required=True, help="the AuthKey to sign with")
+    send_test.add_argument(
+        "--key", required=True, help="the AuthKey to sign with, as set in VOD and AUTH_KEYS"
+    )
     send_test.add_argument(
         "--file", type=Path, help="send this event body as it is instead of the sample"
     )
@@ -192,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Point VOD's callbacks at the receiver, with signing on, through the API.",
     )
     register.add_argument("--callback-url", help="the receiver's public callback URL")
-    register.add_argument("--auth-key", help="AuthKey: at most 32 letters and digits, mixed case")
+    register.add_argument(
+        "--auth-key",
+        help="AuthKey: 16 to 32 random letters and digits, mixed case (shorter only with "
+        "VOD_WEBHOOK_ALLOW_WEAK_AUTH_KEYS=true)",
+    )
     register.add_argument(
         "--event-types",
         nargs="+",
@@ -221,7 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="an AccessKey pair it accepts (repeatable)",
     )
     emulator.add_argument("--callback-url", help="where it POSTs DynamicImageComplete")
-    emulator.add_argument("--auth-key", help="AuthKey signing its callbacks")
+    emulator.add_argument(
+        "--auth-key",
+        help="AuthKey signing its callbacks; like VOD it takes at most 32 letters and digits, "
+        "mixed case, and the receiver wants at least 16 (e.g. DemoAuthKey2026xyz)",
+    )
     emulator.add_argument("--delay", type=float, default=1.0, help="job run time, s")
     emulator.add_argument("--drop-rate", type=_rate, default=0.0, help="callbacks never sent")
     emulator.add_argument("--duplicate-rate", type=_rate, default=0.0, help="callbacks sent twice")
@@ -495,9 +505,11 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
             return 0
         if not args.callback_url or not args.auth_key:
             return _fail("give --callback-url and --auth-key (or --show)", EXIT_USAGE)
+        # The receiver refuses a weak key at start-up; refuse to give one to VOD likewise.
+        key_check = auth_key_problem if settings.allow_weak_auth_keys else auth_key_weakness
         for option, problem in (
             ("--callback-url", callback_url_problem(args.callback_url)),
-            ("--auth-key", auth_key_problem(args.auth_key)),
+            ("--auth-key", key_check(args.auth_key)),
         ):
             if problem:
                 return _fail(f"{option} {problem}", EXIT_USAGE)

@@ -200,6 +200,12 @@ class Envelope(BaseModel):
     event_time: datetime | None = None
     received_at: datetime
     source: Literal["callback", "reconcile"] = "callback"
+    verified: bool | None = Field(
+        None,
+        description="True: ListDynamicImage confirmed this outcome (VERIFY_OUTCOMES, or found by "
+        "reconciliation); False: it could not be confirmed (a fail, or VOD out of reach); "
+        "None: not checked (verification off, or not a job outcome).",
+    )
     submission: dict[str, Any] | None = None
     result: JobResult | None = None
     error: JobError | None = None

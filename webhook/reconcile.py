@@ -116,6 +116,7 @@ def _recovered(image: DynamicImage, now: datetime) -> Envelope:
         event_time=completed,
         received_at=now,
         source="reconcile",
+        verified=True,  # VOD's own listing
         result=DynamicImageJobInfo.model_validate(image.raw).to_result(),
         payload=image.raw,
     )

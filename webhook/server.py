@@ -29,7 +29,7 @@ class AppFactory:
 
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     check_receiver_settings(settings)
-    if settings.reconcile:
+    if settings.reconcile or settings.verify_outcomes:
         Vod.sdk_client(settings)  # missing credentials stop start-up here, with exit code 2
     configure_logging(settings)
     embedded = None

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from webhook.signature import callback_url_problem
+from webhook.signature import auth_key_weakness, callback_url_problem
 
 ENV_PREFIX = "VOD_WEBHOOK_"
 
@@ -42,6 +42,12 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Comma-separated VOD AuthKeys; any of them verifies a callback "
         "(list old and new while rotating).",
+    )
+    allow_weak_auth_keys: bool = Field(
+        False,
+        description="Start even if an `AUTH_KEYS` key is shorter than 16 characters or lacks "
+        "upper case, lower case or digits (logged as a warning). A short key can be guessed "
+        "offline from one captured signature.",
     )
     allow_unsigned: bool = Field(
         False,
@@ -150,6 +156,20 @@ class Settings(BaseSettings):
         description="A job neither called back nor listed this long after submission gets a "
         "terminal `timed_out` envelope.",
     )
+    verify_outcomes: bool = Field(
+        False,
+        description="Publish a callback's job outcome only once ListDynamicImage confirms it "
+        "(VOD does not sign the body). Callbacks are held in Redis meanwhile; needs VOD "
+        "credentials.",
+    )
+    verify_attempts: int = Field(
+        6,
+        ge=1,
+        le=20,
+        description="ListDynamicImage checks of a held outcome (1, 2, 4, ... s apart, at most 60 "
+        "s) before it is dropped as forged (not listed) or published unconfirmed (VOD out of "
+        "reach).",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged."
     )
@@ -238,6 +258,22 @@ def check_receiver_settings(settings: Settings) -> None:
             f"(and {ENV_PREFIX}CALLBACK_URL), or set {ENV_PREFIX}ALLOW_UNSIGNED=true to accept "
             "unsigned callbacks (development only)"
         )
+    weak = weak_auth_keys(settings)
+    if weak and not settings.allow_weak_auth_keys:
+        raise ConfigError(
+            f"{ENV_PREFIX}AUTH_KEYS: {'; '.join(weak)}. Set a random AuthKey of 16 to 32 letters "
+            f"and digits, mixed case, in VOD and here, or set {ENV_PREFIX}ALLOW_WEAK_AUTH_KEYS="
+            "true to run with it anyway"
+        )
+
+
+def weak_auth_keys(settings: Settings) -> list[str]:
+    """Why each weak key of `settings.auth_keys` is weak, naming the key by its position."""
+    return [
+        f"key #{number} {why}"
+        for number, key in enumerate(settings.auth_keys, start=1)
+        if (why := auth_key_weakness(key.get_secret_value()))
+    ]
 
 
 def redis_url_of(settings: Settings) -> str:

@@ -81,6 +81,22 @@ def callback_url_problem(url: str) -> str | None:
     return None
 
 
+# md5 over a known URL and timestamp: one captured signature lets an attacker test keys offline
+# at billions a second, so a key needs enough random characters that this never ends (16
+# random letters and digits are ~95 bits).
+MIN_AUTH_KEY_LENGTH = 16
+
+
+def auth_key_weakness(key: str) -> str | None:
+    """Why this AuthKey is too weak to verify callbacks with (or VOD would refuse it), or None."""
+    if len(key) < MIN_AUTH_KEY_LENGTH:
+        return (
+            f"has {len(key)} characters; at least {MIN_AUTH_KEY_LENGTH} are needed, since one "
+            "captured signature lets an attacker guess a short key offline"
+        )
+    return auth_key_problem(key)
+
+
 def auth_key_problem(key: str) -> str | None:
     """Why VOD would refuse this AuthKey, or None."""
     if len(key) > 32:

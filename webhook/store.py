@@ -9,6 +9,8 @@ Layout (prefix configurable):
   {prefix}:stream               capped stream of envelopes (field `envelope`)
   {prefix}:deadletter           entries consumers gave up on, with the error
   {prefix}:ready                readiness probe: written by every /readyz, expires in 10 s
+  {prefix}:held:{fingerprint}   an outcome awaiting verification (VERIFY_OUTCOMES), then a tombstone
+  {prefix}:verify               sorted set: held outcomes by when they are next checked
   {prefix}:events, {prefix}:events:{EventType}, {prefix}:jobs:{JobId}   pub/sub channels
 """
 
@@ -38,7 +40,7 @@ _ID_PLACEHOLDER = '{"id":""'
 BATCH_CLAIM_SECONDS = 600
 
 
-SCRIPTS = ("record_event", "record_submission", "gcra")
+SCRIPTS = ("record_event", "record_submission", "gcra", "hold_outcome", "claim_due")
 
 
 def script_source(name: str) -> str:
@@ -70,6 +72,10 @@ class Keys:
         self.pending = f"{prefix}:pending"
         self.dead_letter = f"{prefix}:deadletter"
         self.events_channel = f"{prefix}:events"
+        self.verify_queue = f"{prefix}:verify"
+
+    def held(self, fingerprint: str) -> str:
+        return f"{self.prefix}:held:{fingerprint}"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
@@ -123,6 +129,7 @@ class Store:
         self._dedup_ttl = dedup_ttl_seconds
         self._record_event = redis.register_script(script_source("record_event"))
         self._record_submission = redis.register_script(script_source("record_submission"))
+        self._hold_outcome = redis.register_script(script_source("hold_outcome"))
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Store:
@@ -143,7 +150,11 @@ class Store:
         noeviction, a read-only replica after a failover, MISCONF) is not ready. It is a SET
         with NX and GET, as batch lines are claimed, which Redis older than 7.0 refuses.
         """
-        scripts: list[AsyncScript] = [self._record_event, self._record_submission]
+        scripts: list[AsyncScript] = [
+            self._record_event,
+            self._record_submission,
+            self._hold_outcome,
+        ]
         with unavailable():
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.script_exists(*(script.sha for script in scripts))
@@ -191,6 +202,22 @@ class Store:
             self._record_event, [marker, keys.stream, keys.pending], args
         )
         return Recorded(id=entry_id, duplicate=not created)
+
+    async def hold(self, envelope: Envelope) -> Recorded:
+        """Hold a callback's job outcome for verification (VERIFY_OUTCOMES), in one round trip.
+
+        `duplicate` when the job's outcome is recorded already (`id` names it) or this very body
+        is held already (`id` is "")."""
+        assert envelope.job_id, "only a job outcome is held"
+        fingerprint = envelope.fingerprint()
+        keys = [
+            self.keys.job(envelope.job_id),
+            self.keys.held(fingerprint),
+            self.keys.verify_queue,
+        ]
+        args = [fingerprint, envelope.model_dump_json(), self._dedup_ttl]
+        held, entry_id = await self._call(self._hold_outcome, keys, args)
+        return Recorded(id=entry_id, duplicate=not held)
 
     async def record_submission(
         self, job_id: str, video_id: str, submission: dict[str, Any], submitted_at: datetime
@@ -298,6 +325,7 @@ def _job_fields(envelope: Envelope) -> list[str]:
         "source": envelope.source,
         "event_time": envelope.event_time.isoformat() if envelope.event_time else None,
         "received_at": envelope.received_at.isoformat(),
+        "verified": None if envelope.verified is None else str(envelope.verified).lower(),
     }
     if envelope.result is not None:
         values.update(envelope.result.model_dump())

@@ -21,9 +21,18 @@ local ttl, maxlen, envelope, n = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
 local guessed = false
 
 if mode == 'job' then
-  local seen, recorded_status = unpack(redis.call('HMGET', marker, 'envelope_id', 'status'))
+  local seen, recorded_status, recorded_verified =
+    unpack(redis.call('HMGET', marker, 'envelope_id', 'status', 'verified'))
   -- A timed_out verdict is the reconciler's guess: a real outcome arriving later still counts.
   guessed = recorded_status == 'timed_out' and status ~= 'timed_out'
+  -- So is an outcome ListDynamicImage could not confirm, against one it confirms.
+  if recorded_verified == 'false' then
+    for i = 9 + n, #ARGV - 1, 2 do
+      if ARGV[i] == 'verified' and ARGV[i + 1] == 'true' then
+        guessed = true
+      end
+    end
+  end
   if seen and not guessed then
     return {0, seen}
   end
