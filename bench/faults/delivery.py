@@ -84,8 +84,10 @@ async def post(
     headers = signed_headers(callback_url, AUTH_KEY)
     started = time.monotonic()
     try:
-        response = await client.post(url, content=body, headers=headers, timeout=timeout)
-    except httpx.HTTPError as exc:
+        # VOD's timeout bounds the whole exchange; httpx's bounds each read and write.
+        async with asyncio.timeout(timeout):
+            response = await client.post(url, content=body, headers=headers, timeout=timeout)
+    except (httpx.HTTPError, TimeoutError) as exc:
         answer = Answer(started, time.monotonic(), None, type(exc).__name__, True)
     else:
         answer = Answer(started, time.monotonic(), response.status_code, *_judge(response))

@@ -142,6 +142,7 @@ async def receiver_kills(
     callbacks: int = 10_000,
     max_kills: int = 12,
     uptime: tuple[float, float] = (1.0, 3.0),
+    rate: float = 0,
     seed: int = 11,
 ) -> Figures:
     """SIGKILL the receiver and restart it, again and again, while VOD delivers `callbacks`:
@@ -169,7 +170,9 @@ async def receiver_kills(
     try:
         await _start(receiver)
         breaking = asyncio.create_task(chaos())
-        load = Load(callbacks, concurrency=64, duplicate_rate=0.05, deadline=600, seed=seed)
+        load = Load(
+            callbacks, concurrency=64, rate=rate, duplicate_rate=0.05, deadline=600, seed=seed
+        )
         try:
             await run_load(receiver.callback_url, receiver.callback_url, load, ledger)
         finally:
