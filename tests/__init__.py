@@ -5,4 +5,4 @@ import os
 os.environ["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
 
 # Hypothesis profiles must exist before its pytest plugin loads `--hypothesis-profile=faults`.
-from tests import fuzz_profiles  # noqa: E402, F401
+from tests import fuzz_profiles  # noqa: F401

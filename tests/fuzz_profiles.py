@@ -30,7 +30,9 @@ settings.register_profile(
 )
 
 
-def fuzz_settings() -> settings:
-    """The `faults` profile when it is the one loaded, else `fuzz` (never hypothesis's default)."""
+def fuzz_settings(share: float = 1.0) -> settings:
+    """The `faults` profile when it is the one loaded, else `fuzz` (never hypothesis's default),
+    with `share` of its cases: the callback body, the deepest input, gets them all."""
     loaded = settings.get_current_profile_name()
-    return settings.get_profile(FAULTS_PROFILE if loaded == FAULTS_PROFILE else FUZZ_PROFILE)
+    profile = settings.get_profile(FAULTS_PROFILE if loaded == FAULTS_PROFILE else FUZZ_PROFILE)
+    return settings(profile, max_examples=max(50, int(profile.max_examples * share)))

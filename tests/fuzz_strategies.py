@@ -49,7 +49,9 @@ deep_json = st.one_of(
 )
 
 
-def mostly(valid: st.SearchStrategy[Any], *invalid: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+def mostly(
+    valid: st.SearchStrategy[Any], *invalid: st.SearchStrategy[Any]
+) -> st.SearchStrategy[Any]:
     """`valid` three times in four, so the cases get past the first check and reach deep."""
     return st.one_of(valid, valid, valid, st.one_of(*invalid))
 
@@ -67,7 +69,9 @@ urls = mostly(
     st.sampled_from(["", " ", "javascript:alert(1)", "ftp://x/y.gif", "http://", "//x/y.gif"]),
     texts,
 )
-job_ids = mostly(st.uuids().map(lambda u: u.hex), st.just("b1e7a3c59e2f4d6f8a0b1c2d3e4f5a6b"), texts)
+job_ids = mostly(
+    st.uuids().map(lambda u: u.hex), st.just("b1e7a3c59e2f4d6f8a0b1c2d3e4f5a6b"), texts
+)
 
 
 @st.composite
@@ -96,7 +100,9 @@ def job_info_fields(draw: st.DrawFn, job_id: str, status: JsonValue) -> JsonValu
     info = draw(job_infos(job_id, status))
     as_sent = st.sampled_from([info, [info], _dumps(info), _dumps([info])])
     odd = st.sampled_from([[info, info], [], "", "null", _dumps(_dumps(info)), _dumps(info)[:-1]])
-    return draw(st.one_of(as_sent, as_sent, as_sent, odd, deep_json, deep_json.map(_dumps), json_values))
+    return draw(
+        st.one_of(as_sent, as_sent, as_sent, odd, deep_json, deep_json.map(_dumps), json_values)
+    )
 
 
 @st.composite
@@ -107,7 +113,9 @@ def dynamic_image_events(draw: st.DrawFn) -> dict[str, JsonValue]:
         "EventTime": draw(
             mostly(
                 st.sampled_from(["2017-03-20T07:49:17Z", "2017-03-20T07:49:17:123Z"]),
-                st.sampled_from(["2017-13-40T25:61:61Z", "9999-12-31T23:59:59.999999Z", "0000-00-00T00:00:00Z"]),
+                st.sampled_from(
+                    ["2017-13-40T25:61:61Z", "9999-12-31T23:59:59.999999Z", "0000-00-00T00:00:00Z"]
+                ),
                 texts,
                 weird_numbers,
             )
@@ -118,7 +126,9 @@ def dynamic_image_events(draw: st.DrawFn) -> dict[str, JsonValue]:
         "JobId": job_id,
         "DynamicImageJobInfo": draw(job_info_fields(job_id, status)),
         "ErrorCode": draw(mostly(st.just("InvalidParameter.Seek"), texts, weird_numbers)),
-        "ErrorMessage": draw(mostly(st.just("Clip seek time exceeds the video duration"), texts, json_values)),
+        "ErrorMessage": draw(
+            mostly(st.just("Clip seek time exceeds the video duration"), texts, json_values)
+        ),
     }
     for name in draw(st.sets(st.sampled_from(list(event)), max_size=2)):
         del event[name]
@@ -127,7 +137,9 @@ def dynamic_image_events(draw: st.DrawFn) -> dict[str, JsonValue]:
 
 other_events = st.fixed_dictionaries(
     {
-        "EventType": st.one_of(st.sampled_from(["FileUploadComplete", "AIMediaAuditComplete"]), texts),
+        "EventType": st.one_of(
+            st.sampled_from(["FileUploadComplete", "AIMediaAuditComplete"]), texts
+        ),
         "EventTime": st.one_of(st.just("2017-03-20T07:49:17Z"), texts, weird_numbers),
         "MediaId": st.one_of(texts, weird_numbers),
         "VideoId": st.one_of(texts, weird_numbers),
@@ -202,7 +214,11 @@ def one_bad_leaf(draw: st.DrawFn) -> bytes:
 @st.composite
 def callback_bodies(draw: st.DrawFn) -> bytes:
     """Mostly JSON objects shaped like VOD events, sometimes mangled; deep nesting; raw bytes."""
-    kind = draw(st.sampled_from(["leaf", "leaf", "leaf", "event", "event", "other", "json", "deep", "bytes"]))
+    kind = draw(
+        st.sampled_from(
+            ["leaf", "leaf", "leaf", "event", "event", "other", "json", "deep", "bytes"]
+        )
+    )
     if kind == "leaf":
         return draw(one_bad_leaf())
     if kind == "bytes":
@@ -226,16 +242,19 @@ header_text = st.text(
 @st.composite
 def timestamps(draw: st.DrawFn) -> str | None:
     now = int(time.time())
-    return draw(
+    stamp: str | None = draw(
         st.one_of(
             st.just(str(now)),
             st.integers(-(10**20), 10**20).map(str),
             st.sampled_from([now - 301, now + 301, now - 300, now + 299]).map(str),
-            st.sampled_from(["", " ", "1e9", "١٢٣".encode().decode("latin-1"), f" {now}", f"{now}.5", "+1"]),
+            st.sampled_from(
+                ["", " ", "1e9", "١٢٣".encode().decode("latin-1"), f" {now}", f"{now}.5", "+1"]
+            ),
             header_text,
             st.none(),
         )
     )
+    return stamp
 
 
 @st.composite

@@ -78,15 +78,15 @@ async def post(
     body: bytes,
     ledger: Ledger,
     *,
-    timeout: float = VOD_TIMEOUT_SECONDS,
+    within: float = VOD_TIMEOUT_SECONDS,
 ) -> Answer:
     """One signed POST; its answer goes into the ledger."""
     headers = signed_headers(callback_url, AUTH_KEY)
     started = time.monotonic()
     try:
         # VOD's timeout bounds the whole exchange; httpx's bounds each read and write.
-        async with asyncio.timeout(timeout):
-            response = await client.post(url, content=body, headers=headers, timeout=timeout)
+        async with asyncio.timeout(within):
+            response = await client.post(url, content=body, headers=headers, timeout=within)
     except (httpx.HTTPError, TimeoutError) as exc:
         answer = Answer(started, time.monotonic(), None, type(exc).__name__, True)
     else:
@@ -118,7 +118,7 @@ async def deliver(
     ledger: Ledger,
     *,
     attempts: int = VOD_ATTEMPTS,
-    timeout: float = VOD_TIMEOUT_SECONDS,
+    within: float = VOD_TIMEOUT_SECONDS,
 ) -> bool:
     """Deliver one callback like VOD: True once answered 200, False when VOD gives up."""
     ledger.sent.add(job_id)
@@ -126,7 +126,7 @@ async def deliver(
     for attempt in range(attempts):
         if attempt:
             await asyncio.sleep(VOD_INTERVAL_SECONDS)
-        answer = await post(client, url, callback_url, body, ledger, timeout=timeout)
+        answer = await post(client, url, callback_url, body, ledger, within=within)
         if answer.status == 200:
             ledger.acknowledged.add(job_id)
             return True
@@ -172,7 +172,7 @@ async def run_load(
                 await asyncio.sleep(delay)
                 await deliver(
                     client, url, callback_url, job_id, body, ledger,
-                    attempts=load.attempts, timeout=load.timeout,
+                    attempts=load.attempts, within=load.timeout,
                 )  # fmt: skip
             finally:
                 gate.release()

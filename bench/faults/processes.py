@@ -60,7 +60,9 @@ class RedisProcess:
         if binary is None:
             raise FaultSetupError("redis-server is not installed; `make faults` installs it")
         persistence = (
-            ["--appendonly", "yes", "--appendfsync", "always"] if self.aof else ["--appendonly", "no"]
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.aof
+            else ["--appendonly", "no"]
         )
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),

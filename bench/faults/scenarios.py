@@ -204,7 +204,12 @@ async def client_pause(
     redis.directory.mkdir(parents=True, exist_ok=True)
     redis.start()
     receiver = Receiver(redis.url, workdir / "client-pause.log")
-    ledger, probe, stop, reached = Ledger(), Probe(f"{receiver.base}/readyz"), asyncio.Event(), asyncio.Event()
+    ledger, probe, stop, reached = (
+        Ledger(),
+        Probe(f"{receiver.base}/readyz"),
+        asyncio.Event(),
+        asyncio.Event(),
+    )
 
     async def chaos() -> None:
         await asyncio.wait_for(reached.wait(), 120)
@@ -258,7 +263,7 @@ async def concurrent_duplicates(workdir: Path, *, copies: int = 1000) -> Figures
         async with httpx.AsyncClient(limits=limits) as client:
             answers = await asyncio.gather(
                 *(post(client, receiver.callback_url, receiver.callback_url, body, ledger,
-                       timeout=30) for _ in range(copies))
+                       within=30) for _ in range(copies))
             )  # fmt: skip
         ledger.sent.add(job_id)
         if any(a.status == 200 for a in answers):
@@ -275,7 +280,9 @@ async def concurrent_duplicates(workdir: Path, *, copies: int = 1000) -> Figures
         receiver.stop()
         redis.stop()
     figures.check(
-        "one stream entry", figures.extra["stream_entries"] == 1, f"{figures.extra['stream_entries']}"
+        "one stream entry",
+        figures.extra["stream_entries"] == 1,
+        f"{figures.extra['stream_entries']}",
     )
     figures.check(
         "0 x 5xx (503 included) on a healthy Redis",
@@ -305,7 +312,9 @@ async def redis_oom(workdir: Path) -> Figures:
             *(post(client, url, url, callback_body(job, rng), ledger) for job in jobs)
         )
         ledger.sent.update(jobs)
-        ledger.acknowledged.update(job for job, a in zip(jobs, answers, strict=True) if a.status == 200)
+        ledger.acknowledged.update(
+            job for job, a in zip(jobs, answers, strict=True) if a.status == 200
+        )
         return [a.status for a in answers]
 
     try:
@@ -319,7 +328,9 @@ async def redis_oom(workdir: Path) -> Figures:
             admin.config_set("maxmemory-policy", "noeviction")
             admin.config_set("maxmemory", used // 2)
             full = await send(20, client)
-            readyz_full = [(await client.get(f"{receiver.base}/readyz")).status_code for _ in range(3)]
+            readyz_full = [
+                (await client.get(f"{receiver.base}/readyz")).status_code for _ in range(3)
+            ]
             admin.config_set("maxmemory", 0)
             after = await send(5, client)
             readyz_after = (await client.get(f"{receiver.base}/readyz")).status_code
@@ -340,7 +351,9 @@ async def redis_oom(workdir: Path) -> Figures:
         all(s == 503 for s in full),
         f"answers when full: {_summary(full)}",
     )
-    figures.check("/readyz 503 while Redis refuses writes", readyz_full == [503] * 3, f"{readyz_full}")
+    figures.check(
+        "/readyz 503 while Redis refuses writes", readyz_full == [503] * 3, f"{readyz_full}"
+    )
     figures.check(
         "200 again once memory is freed",
         after == [200] * 5 and readyz_after == 200,
