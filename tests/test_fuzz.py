@@ -33,6 +33,7 @@ CALLBACK_PATH = "/callbacks/vod"
 SAMPLE = sample_path("dynamic_image_success.json").read_bytes()
 SAMPLE_JOB = json.loads(SAMPLE)["JobId"]
 FUZZ = fuzz_settings()
+LIMIT = 65536  # VOD_WEBHOOK_MAX_BODY_BYTES default
 FUZZ_HEADERS = fuzz_settings(0.3)
 FUZZ_OTHERS = fuzz_settings(0.2)
 SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
@@ -64,8 +65,12 @@ async def request(
         yield content or b""
 
     body = chunks() if chunked else content
-    # Header values go out as the bytes they are (latin-1), as a raw client would send them.
-    raw = {name.encode(): value.encode("latin-1") for name, value in (headers or {}).items()}
+    # Header values go out as the bytes they are (latin-1), as a raw client would send them;
+    # HTTP allows no whitespace around a value (the client refuses to send it).
+    raw = {
+        name.encode(): value.strip(" \t").encode("latin-1")
+        for name, value in (headers or {}).items()
+    }
     async with client.stream(method, url, headers=raw, content=body) as response:
         if response.headers.get("content-type", "").startswith("text/event-stream"):
             return response, ""
@@ -118,15 +123,14 @@ async def test_callback_bodies(base: str, client: httpx.AsyncClient, body: bytes
 @given(
     headers=signed_callback_headers(),
     body=st.one_of(st.just(SAMPLE), callback_bodies()),
-    framing=st.sampled_from(["length", "chunked", "declared huge", "declared zero"]),
+    framing=st.sampled_from(["length", "chunked", "over the limit", "declared zero"]),
 )
 async def test_callback_headers(
     base: str, client: httpx.AsyncClient, headers: dict[str, str], body: bytes, framing: str
 ) -> None:
     """Timestamps, signatures, Content-Length, X-Request-Id and other headers, mutated."""
-    if framing == "declared huge":
-        headers = {**headers, "Content-Length": str(10**12), "Connection": "close"}
-        body = b""
+    if framing == "over the limit":
+        body = body + b" " * (LIMIT + 1 - len(body))
     elif framing == "declared zero":
         headers = {**headers, "Content-Length": "0"}
         body = b""
