@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test lint bench lock redis-server
+.PHONY: run test lint bench faults lock redis-server
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("vod-webhook needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -29,6 +29,14 @@ test: $(STAMP) redis-server
 bench: $(STAMP) redis-server
 	$(BIN)/python -m bench.hot_path
 	$(BIN)/python -m bench.submit_rate
+
+## faults: prove the guarantees under faults (Redis and receiver killed, Redis paused or out of
+## memory, duplicate bursts) and fuzz every endpoint with 10,000 cases; prints the figures
+faults: $(STAMP) redis-server
+	$(BIN)/pytest tests/test_fuzz.py --hypothesis-profile=faults --hypothesis-show-statistics \
+	  -p no:randomly -o addopts="" --timeout 3600 -q; fuzz=$$?; \
+	$(BIN)/python -m bench.faults; faults=$$?; \
+	test $$fuzz -eq 0 -a $$faults -eq 0
 
 # The tests start their own redis-server on a free port; install it when the machine has none.
 redis-server:

@@ -1,0 +1,181 @@
+"""The processes a fault scenario breaks: its own redis-server and the real `vod-webhook serve`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import redis
+
+COMMAND = str(Path(sys.executable).parent / "vod-webhook")
+# At least 16 characters, upper and lower case letters and digits, as VOD allows.
+AUTH_KEY = "FaultSuite1234Key5678"
+START_SECONDS = 30
+
+
+class FaultSetupError(RuntimeError):
+    """A process of the scenario did not come up: the run proves nothing."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _poll(ready: Callable[[], bool], what: str, timeout: float = START_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise FaultSetupError(f"{what} did not come up within {timeout:.0f} s")
+        time.sleep(0.02)
+
+
+class RedisProcess:
+    """redis-server on a fixed loopback port with its data in `directory`.
+
+    With `aof` every write is fsynced to the append-only file before Redis answers it
+    (`appendfsync always`), so what Redis acknowledged survives kill -9.
+    """
+
+    def __init__(self, directory: Path, *, aof: bool = True, port: int | None = None) -> None:
+        self.directory = directory
+        self.aof = aof
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise FaultSetupError("redis-server is not installed; `make faults` installs it")
+        persistence = (
+            ["--appendonly", "yes", "--appendfsync", "always"]
+            if self.aof
+            else ["--appendonly", "no"]
+        )
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
+             "--save", "", *persistence, "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        _poll(self.answers, f"redis-server on port {self.port}")
+
+    def answers(self) -> bool:
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            return bool(client.ping())
+        except redis.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last save."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
+            self.process = None
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(port=self.port, decode_responses=True, socket_timeout=10)
+
+
+class Receiver:
+    """`vod-webhook serve` on a fixed loopback port, logging JSON lines to a file."""
+
+    def __init__(self, redis_url: str, log: Path, *, port: int | None = None, **settings: str):
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.callback_url = f"{self.base}/callbacks/vod"
+        self.log = log
+        self.env = {
+            k: v for k, v in os.environ.items() if not k.startswith(("VOD_WEBHOOK_", "ALIBABA_"))
+        }
+        self.env.update(
+            {
+                "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
+                "VOD_WEBHOOK_REDIS_URL": redis_url,
+                "VOD_WEBHOOK_AUTH_KEYS": AUTH_KEY,
+                "VOD_WEBHOOK_CALLBACK_URL": self.callback_url,
+                "VOD_WEBHOOK_LOG_FORMAT": "json",
+                "VOD_WEBHOOK_LOG_LEVEL": "warning",
+                "VOD_WEBHOOK_VOD_ENDPOINT": "http://127.0.0.1:9",
+            }
+        )
+        self.env.update({f"VOD_WEBHOOK_{k.upper()}": v for k, v in settings.items()})
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, *, wait_ready: bool = True) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [COMMAND, "serve", "--port", str(self.port)],
+                env=self.env,
+                stdout=log,
+                stderr=log,
+            )
+        self.starts += 1
+        _poll(self.ready if wait_ready else self.listening, f"vod-webhook serve on {self.base}")
+
+    def _get(self, path: str) -> int | None:
+        if self.process is not None and self.process.poll() is not None:
+            raise FaultSetupError(
+                f"vod-webhook serve exited with {self.process.returncode}; see {self.log}"
+            )
+        try:
+            return httpx.get(f"{self.base}{path}", timeout=2).status_code
+        except httpx.HTTPError:
+            return None
+
+    def ready(self) -> bool:
+        return self._get("/readyz") == 200
+
+    def listening(self) -> bool:
+        return self._get("/healthz") == 200
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+            self.process = None
+
+    def tracebacks(self) -> int:
+        """Log lines carrying a traceback (an unexpected exception in the receiver)."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return sum(1 for line in text.splitlines() if "Traceback" in line)
+
+    def __enter__(self) -> Receiver:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
