@@ -69,6 +69,13 @@ class PayloadTooLarge(WebhookError):
     code = "payload_too_large"
 
 
+class RequestIncomplete(WebhookError):
+    """The client went away, or was cut off for being too slow, before its body arrived."""
+
+    status_code = 408
+    code = "request_incomplete"
+
+
 class StoreUnavailable(WebhookError):
     """Redis did not answer or failed: nothing was stored, so the sender must retry."""
 

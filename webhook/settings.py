@@ -90,7 +90,22 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         10.0,
         ge=0,
-        description="On SIGTERM, how long in-flight requests may take to finish.",
+        description="On SIGTERM, how long in-flight requests may take to finish (rounded up to "
+        "whole seconds).",
+    )
+    read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="How long a client may take to send a whole request (headers and body); a "
+        "late one gets 408 and is disconnected, so half-sent requests cannot pile up.",
+    )
+    send_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A client that accepts none of an answer's bytes for this long (an `/events` "
+        "reader that stopped reading) is disconnected, freeing what was queued for it.",
     )
     api_token: SecretStr | None = Field(
         None,
