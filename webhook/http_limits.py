@@ -87,8 +87,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             and not self.transport.is_closing()
         ):
             logger.warning("request_headers_too_large", client=_peer(self.client))
+            limit = self._limits.max_header_bytes
             self._answer_and_close(
-                431, "headers_too_large", f"request headers exceed {self._limits.max_header_bytes} bytes"
+                431, "headers_too_large", f"request headers exceed {limit} bytes"
             )
 
     def on_message_begin(self) -> None:
@@ -165,9 +166,7 @@ class LimitedHttpProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         if self._send_timer is None:
-            self._send_timer = self.loop.call_later(
-                self._limits.send_timeout, self._send_timed_out
-            )
+            self._send_timer = self.loop.call_later(self._limits.send_timeout, self._send_timed_out)
 
     def resume_writing(self) -> None:
         super().resume_writing()
