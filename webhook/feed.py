@@ -99,11 +99,18 @@ class StreamFeed:
                     last = newest[0][0] if newest else "0-0"
                 # Short blocks keep each call inside the client's socket timeout.
                 answer = await self._redis.xread({self._stream: last}, count=500, block=1000)
+                for entry_id, fields in read_entries(answer):
+                    last = entry_id
+                    body = fields.get("envelope")
+                    if not isinstance(body, str):
+                        logger.warning("feed_entry_skipped", id=entry_id, detail="no envelope")
+                        continue
+                    for subscription in list(self._subscriptions):
+                        subscription.offer((entry_id, body))
             except (RedisError, OSError) as exc:
                 logger.warning("feed_interrupted", detail=str(exc))
                 await asyncio.sleep(1)
-                continue
-            for entry_id, fields in read_entries(answer):
-                last = entry_id
-                for subscription in list(self._subscriptions):
-                    subscription.offer((entry_id, fields["envelope"]))
+            except Exception:
+                # Whatever it was, every /events client depends on this loop going on.
+                logger.exception("feed_failed")
+                await asyncio.sleep(1)
