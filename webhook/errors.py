@@ -82,3 +82,12 @@ class StoreUnavailable(WebhookError):
     status_code = 503
     code = "store_unavailable"
     headers = {"Retry-After": "1"}  # noqa: RUF012
+
+
+class TooManyStreams(WebhookError):
+    """`VOD_WEBHOOK_MAX_EVENT_STREAMS` event streams are open: the read API must not starve
+    callbacks."""
+
+    status_code = 503
+    code = "too_many_streams"
+    headers = {"Retry-After": "10"}  # noqa: RUF012

@@ -118,6 +118,12 @@ class Settings(BaseSettings):
         description="Envelopes buffered per `/events` connection; a client that falls further "
         "behind is disconnected and resumes from the stream with Last-Event-ID.",
     )
+    max_event_streams: int = Field(
+        100,
+        ge=0,
+        description="Most `/events` connections one worker serves at once; more get 503 with "
+        "Retry-After, so subscribers cannot starve callbacks (0 turns `/events` off).",
+    )
     sse_heartbeat_seconds: float = Field(
         15, gt=0, description="Idle `/events` connections get a comment line this often."
     )
