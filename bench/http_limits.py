@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -107,8 +107,11 @@ async def hold_streams(base: str, count: int, ready: Path) -> None:
     request = f"GET /events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\r\n"
     received = [0]
 
+    writers = []  # kept: a collected StreamWriter closes its connection
+
     async def connect() -> asyncio.StreamReader:
         reader, writer = await asyncio.open_connection(host, int(port))
+        writers.append(writer)
         writer.write(request.encode())
         head = await reader.readuntil(b"\r\n\r\n")
         if not head.startswith(b"HTTP/1.1 200"):
@@ -119,15 +122,21 @@ async def hold_streams(base: str, count: int, ready: Path) -> None:
         while chunk := await reader.read(65536):
             received[0] += len(chunk)
 
+    async def report() -> None:
+        while True:  # until killed: how much the streams got, for the bench to check
+            await asyncio.to_thread(ready.write_text, str(received[0]))
+            await asyncio.sleep(0.2)
+
     readers = await asyncio.gather(*(connect() for _ in range(count)))
-    await asyncio.to_thread(ready.write_text, "ready")
-    await asyncio.gather(*(drain(reader) for reader in readers))
+    await asyncio.gather(report(), *(drain(reader) for reader in readers))
 
 
 @contextmanager
-def streams(base: str, count: int) -> Iterator[None]:
+def streams(base: str, count: int) -> Iterator[Callable[[], int]]:
+    """`count` reading /events clients in another process; yields a function telling how many
+    bytes they have received so far."""
     if count == 0:
-        yield
+        yield lambda: 0
         return
     with tempfile.TemporaryDirectory() as tmp:
         ready = Path(tmp) / "ready"
@@ -140,7 +149,7 @@ def streams(base: str, count: int) -> Iterator[None]:
                 if process.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit("the /events clients did not connect")
                 time.sleep(0.1)
-            yield
+            yield lambda: int(ready.read_text() or 0)
         finally:
             process.terminate()
             process.wait(10)
@@ -207,28 +216,44 @@ def main() -> None:
             for name, variant, count in variants:
                 with (
                     receiver(variant, redis_url, api=count > 0) as (base, process),
-                    streams(base, count),
+                    streams(base, count) as delivered,
                 ):
+                    before = delivered()
                     results[name].append(wrk(base, args.seconds, process.pid))
+                    time.sleep(0.5)  # the last report of the stream clients
+                    results[name][-1]["streamed_mb"] = (delivered() - before) / 2**20
                 print(name, results[name][-1], file=sys.stderr)
 
     print(
         f"signed DynamicImageComplete callbacks, wrk -t1 -c32, {args.seconds} s x "
         f"{args.rounds} rounds, medians"
     )
-    print(f"{'':36} {'per s':>8} {'server CPU':>11} {'wrk CPU':>8} {'timeouts':>9}")
+    # CPU per callback is the steadier figure on a shared machine: a busy neighbour lowers
+    # req/s, not (much) the server's CPU time per request.
+    print(
+        f"{'':36} {'per s':>8} {'server CPU':>11} {'CPU us/req':>11} {'wrk CPU':>8} {'timeouts':>9}"
+    )
     medians = {}
     for name, runs in results.items():
+        for run in runs:
+            run["cpu_us"] = run["server_cpu"] / run["per_s"] * 1e6
         medians[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         m = medians[name]
         print(
-            f"{name:36} {m['per_s']:8.0f} {m['server_cpu']:10.0%} {m['wrk_cpu']:8.0%} "
-            f"{m['timeouts']:9.0f}"
+            f"{name:36} {m['per_s']:8.0f} {m['server_cpu']:10.0%} {m['cpu_us']:11.0f} "
+            f"{m['wrk_cpu']:8.0%} {m['timeouts']:9.0f} {m['streamed_mb']:14.1f}"
         )
-    limited = medians["limited"]["per_s"]
-    print(f"limited / plain: {limited / medians['plain httptools']['per_s']:.3f}")
-    with_streams = medians[variants[2][0]]["per_s"]
-    print(f"with {args.streams} /events clients / without: {with_streams / limited:.3f}")
+    plain, limited = medians["plain httptools"], medians["limited"]
+    streamed = medians[variants[2][0]]
+    print(
+        f"limited / plain: throughput {limited['per_s'] / plain['per_s']:.3f}, "
+        f"CPU per callback {limited['cpu_us'] / plain['cpu_us']:.3f}"
+    )
+    print(
+        f"with {args.streams} /events clients / without: throughput "
+        f"{streamed['per_s'] / limited['per_s']:.3f}, "
+        f"CPU per callback {streamed['cpu_us'] / limited['cpu_us']:.3f}"
+    )
 
 
 if __name__ == "__main__":
