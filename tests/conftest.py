@@ -23,6 +23,7 @@ from redis.asyncio.client import PubSub
 from starlette.types import ASGIApp
 
 from webhook.app import create_app
+from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.sender import signed_headers
 from webhook.settings import Settings
 
@@ -124,7 +125,10 @@ async def serve_app() -> AsyncIterator[ServeApp]:
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        config = uvicorn.Config(build(base), log_config=None, access_log=False, lifespan="on")
+        # The protocol `serve` runs (webhook/http_limits.py), with its default limits.
+        config = LimitedConfig(
+            build(base), limits=ClientLimits(), log_config=None, access_log=False, lifespan="on"
+        )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
         running.append((server, task))

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from tests.conftest import Receiver, vod_headers
 from tests.test_app import SUCCESS
 from tests.test_client import job_event, upload_event
-from webhook.feed import Ended, Subscription
+from webhook.feed import Ended, Entry, Subscription
 from webhook.store import Store
 
 TOKEN = "s3cret-api-token"
@@ -191,7 +191,7 @@ def test_a_subscription_that_overflows_ends_instead_of_blocking() -> None:
     async def scenario() -> None:
         subscription = Subscription(2)
         for n in range(5):
-            subscription.offer((f"{n}-0", "{}"))
+            subscription.offer([Entry(f"{n}-0", "{}")])
         assert subscription.ended
         with pytest.raises(Ended):
             await subscription.next()

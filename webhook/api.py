@@ -17,9 +17,9 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
 from webhook.client import matches, stream_entries, stream_position
-from webhook.errors import BadRequest, NotFound, Unauthorized
+from webhook.errors import BadRequest, NotFound, TooManyStreams, Unauthorized
 from webhook.events import Envelope
-from webhook.feed import Ended, StreamFeed, Subscription
+from webhook.feed import Ended, Entry, StreamFeed, Subscription
 from webhook.settings import Settings
 from webhook.store import Store, job_view
 
@@ -48,13 +48,24 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
         except ValueError as exc:
             raise BadRequest(f"since / Last-Event-ID: {exc}") from None
 
+        if feed.connections >= settings.max_event_streams:
+            raise TooManyStreams(
+                f"{settings.max_event_streams} event streams are open on this process; "
+                "retry later, or use the stream in Redis directly"
+            )
+
         def wanted(body: str) -> bool:
             if event_type is None and job_id is None:
                 return True  # sent as stored, without parsing
             envelope = Envelope.model_validate_json(body)
             return matches(envelope, event_type=event_type, job_id=job_id)
 
-        async def stream(live: Subscription) -> AsyncIterator[ServerSentEvent]:
+        def wanted_live(entry: Entry) -> bool:
+            if event_type is None and job_id is None:
+                return True
+            return matches(entry.envelope(), event_type=event_type, job_id=job_id)
+
+        async def stream(live: Subscription) -> AsyncIterator[ServerSentEvent | bytes]:
             # Live entries queue up while history is replayed, so the hand-over loses nothing.
             last = (0, -1)
             if after is not None:
@@ -70,11 +81,15 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
                     return  # the client retries from its Last-Event-ID
             while True:
                 try:
-                    entry_id, body = await live.next()
+                    batch = await live.next()
                 except Ended:
                     return  # the client reconnects with Last-Event-ID and catches up
-                if _order(entry_id) > last and wanted(body):
-                    yield ServerSentEvent(data=body, id=entry_id)
+                # One write for everything that arrived, each event encoded once for all clients.
+                chunk = b"".join(
+                    entry.sse() for entry in batch if entry.order > last and wanted_live(entry)
+                )
+                if chunk:
+                    yield chunk
 
         return _FeedResponse(feed, stream, settings.sse_heartbeat_seconds)
 
@@ -100,7 +115,7 @@ class _FeedResponse(Response):
     def __init__(
         self,
         feed: StreamFeed,
-        stream: Callable[[Subscription], AsyncIterator[ServerSentEvent]],
+        stream: Callable[[Subscription], AsyncIterator[ServerSentEvent | bytes]],
         heartbeat_seconds: float,
     ) -> None:
         self.feed = feed

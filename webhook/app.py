@@ -18,7 +18,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
@@ -27,6 +27,7 @@ from webhook.errors import (
     BadRequest,
     PayloadError,
     PayloadTooLarge,
+    RequestIncomplete,
     StoreUnavailable,
     WebhookError,
 )
@@ -225,11 +226,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
     """Read at most `limit` bytes; a longer body is refused as soon as it passes the limit."""
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise RequestIncomplete(
+            f"the connection ended after {size} bytes of the body, before its end"
+        ) from None
     if size == 0:
         raise PayloadError("body is empty; expected a JSON VOD event", "invalid_json")
     return b"".join(chunks)

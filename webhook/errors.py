@@ -69,9 +69,25 @@ class PayloadTooLarge(WebhookError):
     code = "payload_too_large"
 
 
+class RequestIncomplete(WebhookError):
+    """The client went away, or was cut off for being too slow, before its body arrived."""
+
+    status_code = 408
+    code = "request_incomplete"
+
+
 class StoreUnavailable(WebhookError):
     """Redis did not answer or failed: nothing was stored, so the sender must retry."""
 
     status_code = 503
     code = "store_unavailable"
     headers = {"Retry-After": "1"}  # noqa: RUF012
+
+
+class TooManyStreams(WebhookError):
+    """`VOD_WEBHOOK_MAX_EVENT_STREAMS` event streams are open: the read API must not starve
+    callbacks."""
+
+    status_code = 503
+    code = "too_many_streams"
+    headers = {"Retry-After": "10"}  # noqa: RUF012

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import structlog
 import uvicorn
 from starlette.applications import Starlette
@@ -9,6 +11,7 @@ from uvicorn.supervisors import Multiprocess
 
 from webhook.app import create_app
 from webhook.embedded import EmbeddedRedis
+from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.logs import configure_logging
 from webhook.settings import Settings, check_receiver_settings
 from webhook.vod import Vod
@@ -27,6 +30,26 @@ class AppFactory:
         return create_app(self.settings)
 
 
+def server_config(settings: Settings, *, host: str, port: int, workers: int) -> uvicorn.Config:
+    return LimitedConfig(
+        AppFactory(settings),
+        limits=ClientLimits(
+            read_timeout=settings.read_timeout_seconds,
+            send_timeout=settings.send_timeout_seconds,
+        ),
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+        lifespan="on",
+        # uvicorn takes whole seconds; rounding down would cut in-flight requests short.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_seconds),
+    )
+
+
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     check_receiver_settings(settings)
     if settings.reconcile or settings.verify_outcomes:
@@ -42,18 +65,7 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
             detail="no VOD_WEBHOOK_REDIS_URL: events are kept in this process's memory and lost "
             "when it stops; use Redis in production",
         )
-    config = uvicorn.Config(
-        AppFactory(settings),
-        factory=True,
-        host=host,
-        port=port,
-        workers=workers,
-        log_config=None,
-        access_log=False,
-        server_header=False,
-        lifespan="on",
-        timeout_graceful_shutdown=int(settings.shutdown_timeout_seconds),
-    )
+    config = server_config(settings, host=host, port=port, workers=workers)
     try:
         if workers > 1:
             Multiprocess(config, sockets=[config.bind_socket()]).run()

@@ -104,7 +104,22 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: float = Field(
         10.0,
         ge=0,
-        description="On SIGTERM, how long in-flight requests may take to finish.",
+        description="On SIGTERM, how long in-flight requests may take to finish (rounded up to "
+        "whole seconds).",
+    )
+    read_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="How long a client may take to send a whole request (headers and body); a "
+        "late one gets 408 and is disconnected, so half-sent requests cannot pile up.",
+    )
+    send_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description="A client that accepts none of an answer's bytes for this long (an `/events` "
+        "reader that stopped reading) is disconnected, freeing what was queued for it.",
     )
     api_token: SecretStr | None = Field(
         None,
@@ -116,6 +131,12 @@ class Settings(BaseSettings):
         ge=1,
         description="Envelopes buffered per `/events` connection; a client that falls further "
         "behind is disconnected and resumes from the stream with Last-Event-ID.",
+    )
+    max_event_streams: int = Field(
+        100,
+        ge=0,
+        description="Most `/events` connections one worker serves at once; more get 503 with "
+        "Retry-After, so subscribers cannot starve callbacks (0 turns `/events` off).",
     )
     sse_heartbeat_seconds: float = Field(
         15, gt=0, description="Idle `/events` connections get a comment line this often."
