@@ -211,49 +211,43 @@ async def test_twenty_concurrent_identical_callbacks_fan_out_once(
 
 
 async def test_redis_down_gives_503_and_the_retry_is_recorded_after_recovery(
-    start_receiver: Receiver, http: httpx.AsyncClient
+    start_receiver: Receiver,
+    http: httpx.AsyncClient,
+    own_redis: RedisServer,
 ) -> None:
-    own = RedisServer(free_port())
-    own.start()
-    try:
-        base = await start_receiver(redis_url=own.url, redis_timeout_seconds=1)
-        assert (await http.get(f"{base}/readyz")).status_code == 200
-        own.stop()
-        down = await post(http, base)
-        assert down.status_code == 503
-        assert down.json()["error"] == "store_unavailable"
-        assert down.headers["retry-after"] == "1"
-        assert (await http.get(f"{base}/readyz")).status_code == 503
+    base = await start_receiver(redis_url=own_redis.url, redis_timeout_seconds=1)
+    assert (await http.get(f"{base}/readyz")).status_code == 200
+    own_redis.stop()
+    down = await post(http, base)
+    assert down.status_code == 503
+    assert down.json()["error"] == "store_unavailable"
+    assert down.headers["retry-after"] == "1"
+    assert (await http.get(f"{base}/readyz")).status_code == 503
 
-        own.start()
-        assert (await http.get(f"{base}/readyz")).status_code == 200
-        retried = await post(http, base)
-        assert retried.status_code == 200
-        # Nothing was half-written by the failed attempt, so the retry is not a duplicate.
-        assert retried.json()["duplicate"] is False
-    finally:
-        own.stop()
+    own_redis.start()
+    assert (await http.get(f"{base}/readyz")).status_code == 200
+    retried = await post(http, base)
+    assert retried.status_code == 200
+    # Nothing was half-written by the failed attempt, so the retry is not a duplicate.
+    assert retried.json()["duplicate"] is False
 
 
 async def test_redis_refusing_writes_gives_503_and_writes_nothing(
-    start_receiver: Receiver, http: httpx.AsyncClient
+    start_receiver: Receiver,
+    http: httpx.AsyncClient,
+    own_redis: RedisServer,
 ) -> None:
-    own = RedisServer(free_port())
-    own.start()
-    try:
-        base = await start_receiver(redis_url=own.url)
-        admin = Redis.from_url(own.url, decode_responses=True)
-        await admin.config_set("maxmemory-policy", "noeviction")
-        await admin.config_set("maxmemory", "1")
-        refused = await post(http, base)
-        assert refused.status_code == 503
-        assert refused.json()["error"] == "store_unavailable"
-        assert await admin.keys("vod:*") == ["vod:ready"]  # the start-up readiness probe
-        await admin.config_set("maxmemory", "0")
-        assert (await post(http, base)).json()["duplicate"] is False
-        await admin.aclose()
-    finally:
-        own.stop()
+    base = await start_receiver(redis_url=own_redis.url)
+    admin = Redis.from_url(own_redis.url, decode_responses=True)
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", "1")
+    refused = await post(http, base)
+    assert refused.status_code == 503
+    assert refused.json()["error"] == "store_unavailable"
+    assert await admin.keys("vod:*") == ["vod:ready"]  # the start-up readiness probe
+    await admin.config_set("maxmemory", "0")
+    assert (await post(http, base)).json()["duplicate"] is False
+    await admin.aclose()
 
 
 def job_body(number: int) -> bytes:
@@ -261,42 +255,38 @@ def job_body(number: int) -> bytes:
 
 
 async def test_every_callback_after_a_redis_restart_is_stored(
-    start_receiver: Receiver, http: httpx.AsyncClient
+    start_receiver: Receiver,
+    http: httpx.AsyncClient,
+    own_redis: RedisServer,
 ) -> None:
-    own = RedisServer(free_port())
-    own.start()
-    try:
-        base = await start_receiver(redis_url=own.url)
-        # Concurrent callbacks leave that many connections idle in the pool.
-        warm = await asyncio.gather(*(post(http, base, job_body(n)) for n in range(40)))
-        assert {r.status_code for r in warm} == {200}
-        own.stop()
-        own.start()
-        # Every pooled connection is dead now; each is re-made, not answered with 503.
-        after = await asyncio.gather(*(post(http, base, job_body(n)) for n in range(40, 80)))
-        assert [r.status_code for r in after] == [200] * 40
-        assert all(r.json()["status"] == "accepted" for r in after)
-    finally:
-        own.stop()
+    base = await start_receiver(redis_url=own_redis.url)
+    # Concurrent callbacks leave that many connections idle in the pool.
+    warm = await asyncio.gather(*(post(http, base, job_body(n)) for n in range(40)))
+    assert {r.status_code for r in warm} == {200}
+    own_redis.stop()
+    own_redis.start()
+    # Every pooled connection is dead now; each is re-made, not answered with 503.
+    after = await asyncio.gather(*(post(http, base, job_body(n)) for n in range(40, 80)))
+    assert [r.status_code for r in after] == [200] * 40
+    assert all(r.json()["status"] == "accepted" for r in after)
 
 
-async def test_a_burst_waits_for_a_pooled_connection_rather_than_failing() -> None:
-    own = RedisServer(free_port())
-    own.start()
+async def test_a_burst_waits_for_a_pooled_connection_rather_than_failing(
+    own_redis: RedisServer,
+) -> None:
     # The real server in its own process: in this one, the test's client would eat the loop.
-    with serving(redis_url=own.url, redis_max_connections="8", callback_url=CALLBACK_URL) as (
+    with serving(redis_url=own_redis.url, redis_max_connections="8", callback_url=CALLBACK_URL) as (
         base,
         _,
     ):
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
         async with httpx.AsyncClient(timeout=30, limits=limits) as many:
             responses = await asyncio.gather(*(post(many, base) for _ in range(1000)))
-        admin = Redis.from_url(own.url, decode_responses=True)
+        admin = Redis.from_url(own_redis.url, decode_responses=True)
         # The receiver never held more connections than allowed (the admin is one more).
         connections = len(await admin.client_list())
         stored = await admin.xlen("vod:stream")
         await admin.aclose()
-    own.stop()
     assert [r.status_code for r in responses] == [200] * 1000
     assert sum(r.json()["status"] == "accepted" for r in responses) == 1
     assert stored == 1

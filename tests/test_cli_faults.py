@@ -27,25 +27,21 @@ def record(url: str, job_id: str) -> None:
     asyncio.run(go())
 
 
-def test_durable_listen_goes_on_after_redis_restarts_empty() -> None:
-    server = RedisServer()
-    server.start()
-    try:
-        with listening("--group", "billing", "--consumer", "c1", redis_url=server.url) as listener:
-            record(server.url, "before")
-            wait_for(lambda: len(listener.stdout) == 1, 10, "the first envelope")
-            server.stop()  # no persistence: the group and the stream are gone
-            server.start()
-            record(server.url, "after")
-            wait_for(lambda: len(listener.stdout) == 2, 20, "the envelope after the restart")
-            assert listener.popen.poll() is None
-        assert listener.popen.returncode == 0
-        assert [json.loads(line)["job_id"] for line in listener.stdout] == ["before", "after"]
-        events = [log["event"] for log in listener.json_logs()]
-        assert events.count("consumer_group_recreated") == 1
-        assert "Traceback" not in "".join(listener.stderr)
-    finally:
-        server.stop()
+def test_durable_listen_goes_on_after_redis_restarts_empty(own_redis: RedisServer) -> None:
+    server = own_redis
+    with listening("--group", "billing", "--consumer", "c1", redis_url=server.url) as listener:
+        record(server.url, "before")
+        wait_for(lambda: len(listener.stdout) == 1, 10, "the first envelope")
+        server.stop()  # no persistence: the group and the stream are gone
+        server.start()
+        record(server.url, "after")
+        wait_for(lambda: len(listener.stdout) == 2, 20, "the envelope after the restart")
+        assert listener.popen.poll() is None
+    assert listener.popen.returncode == 0
+    assert [json.loads(line)["job_id"] for line in listener.stdout] == ["before", "after"]
+    events = [log["event"] for log in listener.json_logs()]
+    assert events.count("consumer_group_recreated") == 1
+    assert "Traceback" not in "".join(listener.stderr)
 
 
 def test_submit_from_file_with_redis_down_says_so_and_submits_nothing(tmp_path: Path) -> None:

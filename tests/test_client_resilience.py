@@ -4,14 +4,12 @@ mid-batch, a consumer group that vanishes with Redis, and quiet pub/sub subscrip
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 
 import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from tests.conftest import RedisServer, stream_entries
+from tests.conftest import RedisServer, eventually, stream_entries
 from tests.test_client import job_event
 from webhook.client import ConsumerOptions, consume, subscribe, wait_for
 from webhook.events import Envelope
@@ -26,19 +24,11 @@ def vod_store(redis: Redis) -> Store:
     return Store(redis, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
 
 
-async def until(check: Callable[[], Awaitable[bool]], what: str, within: float = 10) -> None:
-    for _ in range(int(within / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 async def dead_letters(redis: Redis, count: int) -> list[dict[str, str]]:
     async def enough() -> bool:
         return int(await redis.xlen("vod:deadletter")) >= count
 
-    await until(enough, f"{count} dead letters")
+    await eventually(enough, 10, f"{count} dead letters")
     return [fields for _, fields in await stream_entries(redis, "vod:deadletter")]
 
 
@@ -138,72 +128,63 @@ async def test_stop_takes_effect_after_the_entry_in_hand(
     assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 0
 
 
-@asynccontextmanager
-async def own_redis() -> AsyncIterator[RedisServer]:
-    """A redis-server of this test's own (keeping nothing on disk), so it can be restarted."""
-    server = RedisServer()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 async def xgroup_creates(redis: Redis) -> int:
     stats = await redis.info("commandstats")
     return int(stats.get("cmdstat_xgroup|create", {}).get("calls", 0))
 
 
 @pytest.mark.parametrize("loss", ["restart", "flushall", "destroy"])
-async def test_a_vanished_group_is_created_again_and_consuming_goes_on(loss: str) -> None:
-    async with own_redis() as server:
-        admin = Redis.from_url(server.url, decode_responses=True)
-        consumer_redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
-        handled: list[str | None] = []
-        stop = asyncio.Event()
+async def test_a_vanished_group_is_created_again_and_consuming_goes_on(
+    loss: str, own_redis: RedisServer
+) -> None:
+    server = own_redis
+    admin = Redis.from_url(server.url, decode_responses=True)
+    consumer_redis = Redis.from_url(server.url, decode_responses=True, socket_timeout=2)
+    handled: list[str | None] = []
+    stop = asyncio.Event()
 
-        async def handle(envelope: Envelope) -> None:
-            handled.append(envelope.job_id)
+    async def handle(envelope: Envelope) -> None:
+        handled.append(envelope.job_id)
 
-        options = ConsumerOptions(start="beginning", block_seconds=0.2, claim_idle_seconds=3600)
-        task = asyncio.create_task(
-            consume(consumer_redis, "g", "a", handle, options=options, stop=stop)
-        )
-        try:
-            await vod_store(admin).record(job_event("before"))
+    options = ConsumerOptions(start="beginning", block_seconds=0.2, claim_idle_seconds=3600)
+    task = asyncio.create_task(
+        consume(consumer_redis, "g", "a", handle, options=options, stop=stop)
+    )
+    try:
+        await vod_store(admin).record(job_event("before"))
 
-            async def handled_count(count: int) -> bool:
-                if task.done():
-                    task.result()  # a crash fails the test with its error
-                return len(handled) >= count
+        async def handled_count(count: int) -> bool:
+            if task.done():
+                task.result()  # a crash fails the test with its error
+            return len(handled) >= count
 
-            await until(lambda: handled_count(1), "the first envelope")
-            if loss == "restart":  # Redis without persistence comes back empty
-                server.stop()
-                server.start()
-                await admin.aclose()
-                admin = Redis.from_url(server.url, decode_responses=True)
-            elif loss == "flushall":
-                await admin.config_resetstat()
-                await admin.flushall()
-            else:
-                await admin.config_resetstat()
-                await admin.xgroup_destroy("vod:stream", "g")
-            await vod_store(admin).record(job_event("after"))
-            await until(lambda: handled_count(2), "the envelope after the loss")
-            assert handled == ["before", "after"]
-            assert not task.done()
-            # Created again once, not in a loop.
-            assert await xgroup_creates(admin) == 1
-            [group] = await admin.xinfo_groups("vod:stream")
-            assert group["name"] == "g"
-            await until(lambda: _none_pending(admin), "the acknowledgement")
-        finally:
-            stop.set()
-            async with asyncio.timeout(10):
-                await asyncio.gather(task, return_exceptions=True)
-            await consumer_redis.aclose()
+        await eventually(lambda: handled_count(1), 10, "the first envelope")
+        if loss == "restart":  # Redis without persistence comes back empty
+            server.stop()
+            server.start()
             await admin.aclose()
+            admin = Redis.from_url(server.url, decode_responses=True)
+        elif loss == "flushall":
+            await admin.config_resetstat()
+            await admin.flushall()
+        else:
+            await admin.config_resetstat()
+            await admin.xgroup_destroy("vod:stream", "g")
+        await vod_store(admin).record(job_event("after"))
+        await eventually(lambda: handled_count(2), 10, "the envelope after the loss")
+        assert handled == ["before", "after"]
+        assert not task.done()
+        # Created again once, not in a loop.
+        assert await xgroup_creates(admin) == 1
+        [group] = await admin.xinfo_groups("vod:stream")
+        assert group["name"] == "g"
+        await eventually(lambda: _none_pending(admin), 10, "the acknowledgement")
+    finally:
+        stop.set()
+        async with asyncio.timeout(10):
+            await asyncio.gather(task, return_exceptions=True)
+        await consumer_redis.aclose()
+        await admin.aclose()
 
 
 async def _none_pending(redis: Redis) -> bool:
@@ -239,7 +220,7 @@ async def test_a_quiet_subscription_outlives_the_socket_timeout(
                     task.result()
             return await subscribers_idle(redis_client, 2, 1)
 
-        await until(idle_and_alive, "subscribers idle for five socket timeouts")
+        await eventually(idle_and_alive, 10, "subscribers idle for five socket timeouts")
         await store.record(job_event("live"))
         await store.record(job_event("waited"))
         async with asyncio.timeout(10):
@@ -250,7 +231,7 @@ async def test_a_quiet_subscription_outlives_the_socket_timeout(
                 live.result()
             return bool(seen)
 
-        await until(live_delivered, "the live envelope")
+        await eventually(live_delivered, 10, "the live envelope")
         assert [e.job_id for e in seen] == ["live"]
     finally:
         for task in (live, waited):

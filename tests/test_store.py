@@ -284,20 +284,16 @@ async def test_redis_older_than_7_is_refused_by_name() -> None:
     await old.aclose()
 
 
-async def test_ready_means_a_write_would_be_stored(redis_server: RedisServer) -> None:
-    own = RedisServer(free_port())
-    own.start()
-    admin = Redis.from_url(own.url, decode_responses=True)
-    store = Store.from_settings(Settings(_env_file=None, redis_url=own.url, allow_unsigned=True))
-    try:
+async def test_ready_means_a_write_would_be_stored(own_redis: RedisServer) -> None:
+    admin = Redis.from_url(own_redis.url, decode_responses=True)
+    settings = Settings(_env_file=None, redis_url=own_redis.url, allow_unsigned=True)
+    store = Store.from_settings(settings)
+    await store.ensure_ready()
+    await admin.config_set("maxmemory-policy", "noeviction")
+    await admin.config_set("maxmemory", "1")
+    with pytest.raises(StoreUnavailable, match="maxmemory"):
         await store.ensure_ready()
-        await admin.config_set("maxmemory-policy", "noeviction")
-        await admin.config_set("maxmemory", "1")
-        with pytest.raises(StoreUnavailable, match="maxmemory"):
-            await store.ensure_ready()
-        await admin.config_set("maxmemory", "0")
-        await store.ensure_ready()
-    finally:
-        await store.close()
-        await admin.aclose()
-        own.stop()
+    await admin.config_set("maxmemory", "0")
+    await store.ensure_ready()
+    await store.close()
+    await admin.aclose()

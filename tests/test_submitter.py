@@ -12,7 +12,7 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import AUTH_KEY, Receiver, RedisServer, ServeApp, free_port
+from tests.conftest import AUTH_KEY, Receiver, RedisServer, ServeApp, eventually
 from tests.processes import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 from webhook.client import wait_for
 from webhook.emulator import EmulatorOptions, create_emulator_app
@@ -230,7 +230,7 @@ async def test_reconciliation_recovers_dropped_callbacks_with_one_lookup_per_vid
         await world.submitter.submit(JobSpec(video_id=video, template_id="t"))
         for video in ("shared", "shared", "shared", "other")
     ]
-    await _until(lambda: _all_done(world), "the emulator to finish the jobs")
+    await eventually(lambda: _all_done(world), 10, "the emulator to finish the jobs")
     assert len(await world.store.pending_jobs()) == 4
 
     report = await reconcile_once(world.store, world.vod, grace_seconds=0, deadline_seconds=60)
@@ -254,7 +254,7 @@ async def test_jobs_neither_called_back_nor_listed_time_out_and_a_late_result_st
 ) -> None:
     world = await start_world(drop_rate=1, fail_rate=1)
     job = await world.submitter.submit(JobSpec(video_id="v", template_id="t"))
-    await _until(lambda: _all_done(world), "the job to fail")
+    await eventually(lambda: _all_done(world), 10, "the job to fail")
 
     early = await reconcile_once(world.store, world.vod, grace_seconds=0, deadline_seconds=600)
     assert (early.still_pending, early.timed_out) == (1, 0)
@@ -271,61 +271,45 @@ async def _all_done(world: World) -> bool:
     return all(job["status"] != "running" for job in await world.emulator_jobs())
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str, within: float = 10) -> None:
-    for _ in range(int(within / 0.05)):
-        if await check():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def test_a_job_vod_accepted_is_named_when_it_cannot_be_recorded(
-    start_world: StartWorld, make_settings: Callable[..., Settings]
-) -> None:
-    world = await start_world()
-    own = RedisServer(free_port())
-    own.start()
-    store = Store.from_settings(make_settings(redis_url=own.url, redis_timeout_seconds=1))
+def vod_killing_redis_once_accepted(world: World, store: Store, redis: RedisServer) -> Vod:
+    """A Vod whose Redis dies right after VOD accepts each job, before it can be recorded."""
 
     class RedisDiesMeanwhile(Vod):
         async def submit_dynamic_image_job(self, *args: Any) -> tuple[str, str]:
             answer = await super().submit_dynamic_image_job(*args)
-            own.stop()
+            redis.stop()
             return answer
 
-    vod = RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
-    try:
-        with pytest.raises(StoreUnavailable) as caught:
-            await Submitter(vod, store).submit(JobSpec(video_id="v", template_id="t"))
-    finally:
-        own.stop()
-        await store.close()
+    return RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
+
+
+async def test_a_job_vod_accepted_is_named_when_it_cannot_be_recorded(
+    start_world: StartWorld,
+    make_settings: Callable[..., Settings],
+    own_redis: RedisServer,
+) -> None:
+    world = await start_world()
+    store = Store.from_settings(make_settings(redis_url=own_redis.url, redis_timeout_seconds=1))
+
+    vod = vod_killing_redis_once_accepted(world, store, own_redis)
+    with pytest.raises(StoreUnavailable) as caught:
+        await Submitter(vod, store).submit(JobSpec(video_id="v", template_id="t"))
+    await store.close()
     [job] = await world.emulator_jobs()
     assert f"job {job['job_id']} was submitted" in caught.value.detail
 
 
 async def test_a_batch_line_vod_accepted_is_reported_with_its_job_when_redis_dies(
-    start_world: StartWorld, make_settings: Callable[..., Settings]
+    start_world: StartWorld,
+    make_settings: Callable[..., Settings],
+    own_redis: RedisServer,
 ) -> None:
     world = await start_world()
-    own = RedisServer(free_port())
-    own.start()
-    store = Store.from_settings(make_settings(redis_url=own.url, redis_timeout_seconds=1))
+    store = Store.from_settings(make_settings(redis_url=own_redis.url, redis_timeout_seconds=1))
 
-    class RedisDiesMeanwhile(Vod):
-        async def submit_dynamic_image_job(self, *args: Any) -> tuple[str, str]:
-            answer = await super().submit_dynamic_image_job(*args)
-            own.stop()
-            return answer
-
-    vod = RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
-    try:
-        summary = await Submitter(vod, store).submit_batch(
-            ['{"video_id": "v", "template_id": "t"}']
-        )
-    finally:
-        own.stop()
-        await store.close()
+    vod = vod_killing_redis_once_accepted(world, store, own_redis)
+    summary = await Submitter(vod, store).submit_batch(['{"video_id": "v", "template_id": "t"}'])
+    await store.close()
     [job] = await world.emulator_jobs()
     [result] = summary.results
     assert (result.status, result.job_id) == ("submitted", job["job_id"])
