@@ -28,7 +28,7 @@ import redis
 
 from webhook.sender import sample_dynamic_image_event, signed_headers
 
-KEY = "Bench1234Key"
+KEY = "BenchAuthKey2026abcd"
 BIN = Path(sys.executable).parent
 
 
