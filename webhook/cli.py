@@ -16,10 +16,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import ValidationError
 from redis.exceptions import RedisError
-from tqdm import tqdm
 
 from webhook.client import STREAM_ID, ConsumerOptions, consume, subscribe, wait_for
 from webhook.client import replay as replay_stream
@@ -27,7 +25,6 @@ from webhook.errors import StoreUnavailable, explain
 from webhook.events import Envelope
 from webhook.logs import configure_logging
 from webhook.reconcile import reconcile_once, run_reconciler
-from webhook.sender import sample_dynamic_image_event, send_callback
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
 from webhook.signature import auth_key_problem, auth_key_weakness, callback_url_problem
 from webhook.store import Keys, Store, job_view
@@ -337,6 +334,10 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def send_test(args: argparse.Namespace) -> int:
+    import httpx  # imported by the commands that use it, not by `serve`
+
+    from webhook.sender import sample_dynamic_image_event, send_callback
+
     if args.file is not None:
         try:
             body = args.file.read_bytes()
@@ -419,6 +420,8 @@ async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
                 f"Redis at {_safe_url(url)} is unavailable{_hint(settings)}: {exc}; "
                 "nothing was submitted"
             )
+        from tqdm import tqdm
+
         submitter = Submitter(Vod.from_settings(settings, store.redis), store)
         with tqdm(total=total, unit="job", file=sys.stderr, disable=None) as progress:
 

@@ -10,7 +10,6 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from webhook.app import create_app
-from webhook.embedded import EmbeddedRedis
 from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.logs import configure_logging
 from webhook.settings import Settings, check_receiver_settings
@@ -27,7 +26,7 @@ class AppFactory:
 
     def __call__(self) -> Starlette:
         configure_logging(self.settings)
-        return create_app(self.settings)
+        return create_app(self.settings, freeze_gc=True)
 
 
 def server_config(settings: Settings, *, host: str, port: int, workers: int) -> uvicorn.Config:
@@ -57,6 +56,8 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     configure_logging(settings)
     embedded = None
     if settings.redis_url is None:
+        from webhook.embedded import EmbeddedRedis  # fakeredis and lupa, only when used
+
         embedded = EmbeddedRedis(settings.embedded_port)
         embedded.start()
         logger.warning(

@@ -8,20 +8,20 @@ import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from alibabacloud_credentials.client import Client as CredentialClient
-from alibabacloud_credentials.models import Config as CredentialConfig
-from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
-from alibabacloud_tea_openapi.utils_models import Config
-from alibabacloud_vod20170321 import models
-from alibabacloud_vod20170321.client import Client
 from redis.asyncio import Redis
-from Tea.exceptions import TeaException
 
 from webhook.limiter import RateLimiter
 from webhook.settings import ConfigError, Settings
+
+# The SDK is ~600 modules: imported when a Vod is built, not by every process that imports this
+# one (a `serve` worker without RECONCILE or VERIFY_OUTCOMES never needs it).
+if TYPE_CHECKING:
+    from alibabacloud_credentials.client import Client as CredentialClient
+    from alibabacloud_vod20170321.client import Client
+    from Tea.exceptions import TeaException
 
 logger = structlog.get_logger("webhook.vod")
 T = TypeVar("T")
@@ -104,6 +104,9 @@ class Vod:
     @staticmethod
     def sdk_client(settings: Settings) -> tuple[Client, str]:
         """The SDK client on the default credential chain, and the AccessKey ID it signs with."""
+        from alibabacloud_tea_openapi.utils_models import Config
+        from alibabacloud_vod20170321.client import Client
+
         protocol, endpoint = parse_endpoint(
             settings.vod_endpoint or f"vod.{settings.region}.aliyuncs.com"
         )
@@ -124,6 +127,8 @@ class Vod:
         self, video_id: str, template_id: str, override_params: str | None
     ) -> tuple[str, str]:
         """Submit a job; returns (JobId, RequestId)."""
+        from alibabacloud_vod20170321 import models
+
         request = models.SubmitDynamicImageJobRequest(
             video_id=video_id,
             dynamic_image_template_id=template_id,
@@ -135,6 +140,8 @@ class Vod:
         return response.body.dynamic_image_job.job_id, response.body.request_id
 
     async def list_dynamic_image(self, video_id: str) -> list[DynamicImage]:
+        from alibabacloud_vod20170321 import models
+
         request = models.ListDynamicImageRequest(video_id=video_id)
         response = await self._call(
             "ListDynamicImage", lambda: self._client.list_dynamic_image_async(request)
@@ -149,6 +156,8 @@ class Vod:
         self, callback_url: str, auth_key: str, event_types: list[str]
     ) -> str:
         """Configure VOD's HTTP callback with signing on; returns the RequestId."""
+        from alibabacloud_vod20170321 import models
+
         request = models.SetMessageCallbackRequest(
             callback_type="HTTP",
             callback_url=callback_url,
@@ -162,6 +171,8 @@ class Vod:
         return str(response.body.request_id)
 
     async def get_message_callback(self) -> dict[str, Any]:
+        from alibabacloud_vod20170321 import models
+
         request = models.GetMessageCallbackRequest()
         response = await self._call(
             "GetMessageCallback", lambda: self._client.get_message_callback_async(request)
@@ -170,6 +181,8 @@ class Vod:
         return dict(callback.to_map()) if callback is not None else {}
 
     async def _call(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+        from Tea.exceptions import TeaException
+
         attempt = 0
         while True:
             await self._limiter.acquire()
@@ -189,6 +202,9 @@ class Vod:
 def _credential_client() -> CredentialClient:
     """The default chain, but with the environment read now: the credentials package reads
     ALIBABA_CLOUD_* variables once, when it is imported."""
+    from alibabacloud_credentials.client import Client as CredentialClient
+    from alibabacloud_credentials.models import Config as CredentialConfig
+
     key_id = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_ID")
     secret = os.environ.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
     if not (key_id and secret):
@@ -205,6 +221,8 @@ def _credential_client() -> CredentialClient:
 
 
 def _vod_error(exc: TeaException) -> VodError:
+    from alibabacloud_tea_openapi.exceptions import AlibabaCloudException
+
     if isinstance(exc, AlibabaCloudException):
         data = exc.data if isinstance(exc.data, dict) else {}
         return VodError(
