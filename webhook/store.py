@@ -7,6 +7,7 @@ Layout (prefix configurable):
   {prefix}:seen:{fingerprint}   dedup marker of a non-job event (holds its envelope id)
   {prefix}:batch:{fingerprint}  a batch file line: claimed, or job:<JobId> once submitted
   {prefix}:stream               capped stream of envelopes (field `envelope`)
+  {prefix}:stream:last-id       the last stream id handed out (the scripts read it, not XINFO)
   {prefix}:deadletter           entries consumers gave up on, with the error
   {prefix}:ready                readiness probe: written by every /readyz, expires in 10 s
   {prefix}:held:{fingerprint}   an outcome awaiting verification (VERIFY_OUTCOMES), then a tombstone
@@ -24,6 +25,7 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
+import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -180,12 +182,11 @@ class Store:
         completed = envelope.event_time or envelope.received_at
         if envelope.is_job_outcome and envelope.job_id:
             mode, marker, job_id = "job", keys.job(envelope.job_id), envelope.job_id
-            channels = keys.job_outcome_channels(job_id)
-            fields = _job_fields(envelope)
+            fields = orjson.dumps(_job_fields(envelope))
         else:
             mode, marker, job_id = "event", keys.seen(envelope.fingerprint()), ""
-            channels = [keys.events_channel, keys.type_channel(envelope.event_type)]
-            fields = []
+            fields = b""
+        # The channels are derived in the script from the prefix (see Keys): fewer arguments.
         args: list[Any] = [
             mode,
             job_id,
@@ -194,9 +195,9 @@ class Store:
             self._dedup_ttl,
             self._stream_maxlen,
             body,
-            len(channels),
-            *channels,
-            *fields,
+            keys.prefix,
+            envelope.event_type,
+            fields,
         ]
         created, entry_id = await self._call(
             self._record_event, [marker, keys.stream, keys.pending], args

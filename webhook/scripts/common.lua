@@ -1,23 +1,48 @@
 -- Shared by every script: store.py puts this in front of each one.
 
--- The next stream entry id, chosen here rather than by XADD '*' so the envelope can carry it.
-local function next_stream_id(stream)
+-- Where the last stream id handed out is kept: reading it from XINFO STREAM would copy the first
+-- and last envelopes on every call.
+local function last_id_key(stream)
+  return stream .. ':last-id'
+end
+
+-- The stream's last generated id, from the stream itself (when the key above is missing or lags).
+local function last_generated_id(stream)
+  if redis.call('EXISTS', stream) == 0 then
+    return nil
+  end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      return info[i + 1]
+    end
+  end
+  return nil
+end
+
+-- The first id after `last` ("ms-seq" or nil) at the current time.
+local function id_after(last)
   local now = redis.call('TIME')
   local ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   local seq = 0
-  if redis.call('EXISTS', stream) == 1 then
-    local info = redis.call('XINFO', 'STREAM', stream)
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        local last_ms, last_seq = string.match(info[i + 1], '^(%d+)-(%d+)$')
-        if tonumber(last_ms) >= ms then
-          ms = tonumber(last_ms)
-          seq = tonumber(last_seq) + 1
-        end
-      end
+  if last then
+    local last_ms, last_seq = string.match(last, '^(%d+)-(%d+)$')
+    if tonumber(last_ms) >= ms then
+      ms = tonumber(last_ms)
+      seq = tonumber(last_seq) + 1
     end
   end
   return string.format('%d-%d', ms, seq)
+end
+
+-- The next stream entry id, chosen here rather than by XADD '*' so the envelope can carry it.
+-- append() checks it against the stream itself.
+local function next_stream_id(stream)
+  local last = redis.call('GET', last_id_key(stream))
+  if not last then
+    last = last_generated_id(stream)
+  end
+  return id_after(last)
 end
 
 -- An envelope's JSON starts with {"id":"..." ; give it `id`.
@@ -44,11 +69,32 @@ local function submission_of(job, completed_ms)
   return string.sub(submission, 1, -2) .. string.format(',"latency_ms":%d}', latency)
 end
 
--- Append to the capped stream and publish on every channel.
-local function fan_out(stream, maxlen, id, envelope, channels)
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', envelope)
+-- Append `envelope` (carrying `id`) to the capped stream; returns the id and envelope appended.
+-- The first write of a script: refused under OOM, it leaves nothing written. Should the kept last
+-- id lag the stream (an older version wrote to it), the id is taken from the stream instead.
+local function append(stream, maxlen, id, envelope)
+  local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', envelope)
+  if type(added) == 'table' and added.err then
+    if not string.find(added.err, 'equal or smaller', 1, true) then
+      -- Any other refusal (OOM, ...): raise it as it is.
+      redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', envelope)
+    end
+    id = id_after(last_generated_id(stream))
+    envelope = with_id(envelope, id)
+    redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', envelope)
+  end
+  redis.call('SET', last_id_key(stream), id)
+  return id, envelope
+end
+
+-- Publish on every channel.
+local function publish(channels, envelope)
   for _, channel in ipairs(channels) do
     redis.call('PUBLISH', channel, envelope)
   end
 end
 
+-- The channels a job's outcome goes out on (Keys.job_outcome_channels in store.py).
+local function job_outcome_channels(prefix, job_id)
+  return {prefix .. ':events', prefix .. ':events:DynamicImageComplete', prefix .. ':jobs:' .. job_id}
+end

@@ -10,25 +10,32 @@
 -- ARGV[5]  seconds the marker is kept
 -- ARGV[6]  approximate stream length to keep
 -- ARGV[7]  the envelope JSON, starting with {"id":"" and with "submission":null
--- ARGV[8]  n, the number of channels, then ARGV[9 .. 8+n] the channels
--- ARGV[9+n ..]  job hash field/value pairs (mode "job")
+-- ARGV[8]  key prefix: the channels are {prefix}:events, {prefix}:events:{type} and, for a job,
+--          {prefix}:jobs:{JobId}
+-- ARGV[9]  event type
+-- ARGV[10] job hash fields (mode "job"): a JSON array of field, value, field, value...
 -- Returns {1, id} when recorded, {0, id of the earlier record} for a duplicate.
 -- Every check comes before the first write, so an error leaves nothing half-written.
 
 local marker, stream, pending = KEYS[1], KEYS[2], KEYS[3]
 local mode, job_id, status, completed_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local ttl, maxlen, envelope, n = ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8])
+local ttl, maxlen, envelope, prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local guessed = false
+local given = {}
 
 if mode == 'job' then
   local seen, recorded_status, recorded_verified =
     unpack(redis.call('HMGET', marker, 'envelope_id', 'status', 'verified'))
   -- A timed_out verdict is the reconciler's guess: a real outcome arriving later still counts.
   guessed = recorded_status == 'timed_out' and status ~= 'timed_out'
+  if seen and not guessed and recorded_verified ~= 'false' then
+    return {0, seen}
+  end
+  given = cjson.decode(ARGV[10])
   -- So is an outcome ListDynamicImage could not confirm, against one it confirms.
   if recorded_verified == 'false' then
-    for i = 9 + n, #ARGV - 1, 2 do
-      if ARGV[i] == 'verified' and ARGV[i + 1] == 'true' then
+    for i = 1, #given - 1, 2 do
+      if given[i] == 'verified' and given[i + 1] == 'true' then
         guessed = true
       end
     end
@@ -43,34 +50,40 @@ else
   end
 end
 
-local channels = {}
-for i = 9, 8 + n do
-  channels[#channels + 1] = ARGV[i]
+local channels
+if mode == 'job' then
+  channels = job_outcome_channels(prefix, job_id)
+else
+  channels = {prefix .. ':events', prefix .. ':events:' .. ARGV[9]}
 end
 local id = next_stream_id(stream)
 envelope = with_id(envelope, id)
-
+local submission = nil
 if mode == 'job' then
-  local submission = submission_of(marker, completed_ms)
+  submission = submission_of(marker, completed_ms)
   if submission then
     envelope = with_submission(envelope, submission)
   end
+end
+-- The stream entry is the first write (see append).
+id, envelope = append(stream, maxlen, id, envelope)
+
+if mode == 'job' then
   local fields = {'envelope_id', id, 'envelope', envelope, 'completed_ms', completed_ms,
                   'correlated', submission and '1' or '0'}
-  for i = 9 + n, #ARGV do
-    fields[#fields + 1] = ARGV[i]
+  for i = 1, #given do
+    fields[#fields + 1] = given[i]
   end
-  -- HSET is the first write: refused under OOM, it leaves nothing half-written.
   redis.call('HSET', marker, unpack(fields))
   if guessed then
     -- Result or error fields of the guess that the real outcome does not have go.
-    local given = {}
+    local present = {}
     for i = 1, #fields, 2 do
-      given[fields[i]] = true
+      present[fields[i]] = true
     end
     for _, field in ipairs({'file_url', 'file_size', 'fps', 'width', 'height', 'error_code',
                             'error_message', 'event_time'}) do
-      if not given[field] then
+      if not present[field] then
         redis.call('HDEL', marker, field)
       end
     end
@@ -80,5 +93,5 @@ if mode == 'job' then
 else
   redis.call('SET', marker, id, 'EX', ttl)
 end
-fan_out(stream, maxlen, id, envelope, channels)
+publish(channels, envelope)
 return {1, id}

@@ -38,6 +38,7 @@ end
 local id = next_stream_id(stream)
 local completed_ms = tonumber(redis.call('HGET', job, 'completed_ms'))
 envelope = with_submission(with_id(envelope, id), submission_of(job, completed_ms))
+id, envelope = append(stream, maxlen, id, envelope)
 redis.call('HSET', job, 'envelope_id', id, 'envelope', envelope, 'correlated', '1')
-fan_out(stream, maxlen, id, envelope, channels)
+publish(channels, envelope)
 return {1, id}
