@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import re
 import signal
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.datastructures import State
@@ -107,7 +108,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
             status=200,
             duration_ms=_ms_since(started),
         )
-        return JSONResponse(
+        return _json_response(
             {
                 "status": "duplicate" if recorded.duplicate else "held" if hold else "accepted",
                 "duplicate": recorded.duplicate,
@@ -206,8 +207,13 @@ class _RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+        request_id = ""
+        for name, value in scope["headers"]:  # no dict of every header per request
+            if name == b"x-request-id":
+                request_id = value.decode("latin-1")
+                break
+        if not _REQUEST_ID.fullmatch(request_id):
+            request_id = os.urandom(16).hex()  # as random as uuid4, in a fraction of its time
         scope.setdefault("state", {})["request_id"] = request_id
 
         async def send_with_id(message: Any) -> None:
@@ -297,7 +303,14 @@ def _mark_draining_on_signal(
 def _error_response(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
-    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+    return _json_response({"error": code, "detail": detail}, status, headers)
+
+
+def _json_response(
+    content: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """JSONResponse's compact JSON, rendered by orjson."""
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
 async def _webhook_error(request: Request, exc: Exception) -> Response:
