@@ -10,4 +10,5 @@ async def test_a_dedup_marker_takes_at_most_150_bytes(redis_client: Redis) -> No
     await store.record(envelope("ai_media_audit.json"))
     marker = store.keys.seen(envelope("ai_media_audit.json").fingerprint())
     used = await redis_client.memory_usage(marker, samples=0)
-    assert used is not None and used <= 150
+    assert used is not None
+    assert used <= 150
