@@ -113,7 +113,10 @@ async def wait_for(
         await pubsub.subscribe(keys.job_channel(job_id))
         async for message in _messages(pubsub):
             if message["type"] == "subscribe":
-                stored = await redis.hget(keys.job(job_id), "envelope")
+                # Kept beside the job hash (in it, by earlier versions).
+                stored = await redis.get(keys.job_envelope(job_id)) or await redis.hget(
+                    keys.job(job_id), "envelope"
+                )
                 if stored:
                     return Envelope.model_validate_json(stored)
             elif message["type"] == "message":

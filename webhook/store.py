@@ -1,8 +1,10 @@
 """The Redis layout and the atomic scripts every change of state goes through.
 
 Layout (prefix configurable):
-  {prefix}:job:{JobId}          hash: status, video_id, result fields, error, timestamps,
-                                submission, envelope
+  {prefix}:job:{JobId}          hash: status, video_id, short result fields, error code,
+                                timestamps, envelope_id (only short values: a compact listpack)
+  {prefix}:job:{JobId}:envelope the outcome's envelope (result, error and submission in full)
+  {prefix}:job:{JobId}:submission  what was submitted, until an outcome that is no guess
   {prefix}:pending              sorted set: submitted jobs without an outcome, by submission time
   {prefix}:seen:{fingerprint}   dedup marker of a non-job event (holds its envelope id); the
                                 fingerprint's first 128 bits, to keep a marker under 150 bytes
@@ -82,6 +84,12 @@ class Keys:
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}:job:{job_id}"
+
+    def job_envelope(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:envelope"
+
+    def job_submission(self, job_id: str) -> str:
+        return f"{self.prefix}:job:{job_id}:submission"
 
     def seen(self, fingerprint: str) -> str:
         # 128 bits are plenty against collisions and cut a marker from 168 to 120 bytes.
@@ -266,9 +274,20 @@ class Store:
             await self.redis.delete(self.keys.batch_line(fingerprint))
 
     async def job(self, job_id: str) -> dict[str, str] | None:
+        """The job's hash, with its `envelope` and `submission` (kept beside it) when present."""
         with unavailable():
-            record = await self.redis.hgetall(self.keys.job(job_id))
-        return {str(k): str(v) for k, v in record.items()} or None
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(self.keys.job(job_id))
+                pipe.get(self.keys.job_envelope(job_id))
+                pipe.get(self.keys.job_submission(job_id))
+                record, envelope, submission = await pipe.execute()
+        job = {str(k): str(v) for k, v in record.items()}
+        if job and envelope is not None:
+            job["envelope"] = str(envelope)
+            job.update(_outcome_fields(Envelope.model_validate_json(job["envelope"])))
+        if job and submission is not None:
+            job["submission"] = str(submission)
+        return job or None
 
     async def video_ids(self, job_ids: list[str]) -> list[str | None]:
         with unavailable():
@@ -322,21 +341,30 @@ def _epoch_ms(moment: datetime) -> int:
 
 
 def _job_fields(envelope: Envelope) -> list[str]:
+    """The job hash's fields: what the scripts, reconciler and verifier look up. The outcome's
+    details are in its envelope, kept beside the hash (see `_outcome_fields`)."""
     values: dict[str, object] = {
         "status": envelope.status,
         "video_id": envelope.video_id,
         "source": envelope.source,
-        "event_time": envelope.event_time.isoformat() if envelope.event_time else None,
         "received_at": envelope.received_at.isoformat(),
         "verified": None if envelope.verified is None else str(envelope.verified).lower(),
+    }
+    present = {key: str(value) for key, value in values.items() if value is not None}
+    return [item for pair in present.items() for item in pair]
+
+
+def _outcome_fields(envelope: Envelope) -> dict[str, str]:
+    """The fields of the job record that come from its outcome's envelope."""
+    values: dict[str, object] = {
+        "event_time": envelope.event_time.isoformat() if envelope.event_time else None,
     }
     if envelope.result is not None:
         values.update(envelope.result.model_dump())
     if envelope.error is not None:
         values["error_code"] = envelope.error.code
         values["error_message"] = envelope.error.message
-    present = {key: str(value) for key, value in values.items() if value is not None}
-    return [item for pair in present.items() for item in pair]
+    return {key: str(value) for key, value in values.items() if value is not None}
 
 
 def job_view(job_id: str, record: dict[str, str]) -> dict[str, Any]:

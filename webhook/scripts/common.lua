@@ -59,14 +59,37 @@ local function with_submission(envelope, submission)
     .. string.sub(envelope, last)
 end
 
+-- A job's long values live in strings beside its hash, so the hash stays a compact listpack:
+-- {job}:envelope, its outcome's envelope, and {job}:submission, what was submitted (kept while
+-- the job has no outcome, or only a guessed one). Records of older versions hold both in the hash.
+local function envelope_key(job)
+  return job .. ':envelope'
+end
+
+local function submission_key(job)
+  return job .. ':submission'
+end
+
+-- The job's recorded outcome envelope, or nil.
+local function recorded_envelope(job)
+  return redis.call('GET', envelope_key(job)) or redis.call('HGET', job, 'envelope') or nil
+end
+
 -- The job's recorded submission with its latency to `completed_ms`, or nil if none.
 local function submission_of(job, completed_ms)
-  local submission, submitted_ms = unpack(redis.call('HMGET', job, 'submission', 'submitted_ms'))
+  local submitted_ms = redis.call('HGET', job, 'submitted_ms')
+  local submission = submitted_ms
+    and (redis.call('GET', submission_key(job)) or redis.call('HGET', job, 'submission'))
   if not submission then
     return nil
   end
   local latency = math.max(0, completed_ms - tonumber(submitted_ms))
   return string.sub(submission, 1, -2) .. string.format(',"latency_ms":%d}', latency)
+end
+
+-- Keep the envelope for as long as the job record (`ttl_ms` ms, at least 1).
+local function keep_envelope(job, envelope, ttl_ms)
+  redis.call('SET', envelope_key(job), envelope, 'PX', math.max(1, ttl_ms))
 end
 
 -- Append `envelope` (carrying `id`) to the capped stream; returns the id and envelope appended.

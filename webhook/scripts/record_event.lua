@@ -69,26 +69,40 @@ end
 id, envelope = append(stream, maxlen, id, envelope)
 
 if mode == 'job' then
-  local fields = {'envelope_id', id, 'envelope', envelope, 'completed_ms', completed_ms,
+  local fields = {'envelope_id', id, 'completed_ms', completed_ms,
                   'correlated', submission and '1' or '0'}
-  for i = 1, #given do
+  local verified = nil
+  for i = 1, #given - 1, 2 do
     fields[#fields + 1] = given[i]
+    fields[#fields + 1] = given[i + 1]
+    if given[i] == 'verified' then
+      verified = given[i + 1]
+    end
   end
   redis.call('HSET', marker, unpack(fields))
   if guessed then
-    -- Result or error fields of the guess that the real outcome does not have go.
+    -- Result or error fields of the guess that the real outcome does not have go (and an older
+    -- version's long values, now kept beside the hash).
     local present = {}
     for i = 1, #fields, 2 do
       present[fields[i]] = true
     end
     for _, field in ipairs({'file_url', 'file_size', 'fps', 'width', 'height', 'error_code',
-                            'error_message', 'event_time'}) do
+                            'error_message', 'event_time', 'envelope'}) do
       if not present[field] then
         redis.call('HDEL', marker, field)
       end
     end
   end
   redis.call('EXPIRE', marker, ttl)
+  keep_envelope(marker, envelope, tonumber(ttl) * 1000)
+  if status == 'timed_out' or verified == 'false' then
+    -- A guess: the real outcome may still come and will want the submission.
+    redis.call('EXPIRE', submission_key(marker), ttl)
+  else
+    -- The envelope carries the submission from now on.
+    redis.call('DEL', submission_key(marker))
+  end
   redis.call('ZREM', pending, job_id)
 else
   redis.call('SET', marker, id, 'EX', ttl)

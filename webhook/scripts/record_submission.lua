@@ -17,13 +17,14 @@ local job, pending, stream = KEYS[1], KEYS[2], KEYS[3]
 local job_id, video_id, submission, submitted_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, maxlen = ARGV[5], ARGV[6]
 
-if redis.call('HEXISTS', job, 'submission') == 1 then
+if redis.call('HEXISTS', job, 'submitted_ms') == 1 then
   return {0, ''}
 end
-redis.call('HSET', job, 'submission', submission, 'submitted_ms', submitted_ms)
+local envelope = recorded_envelope(job)
+redis.call('HSET', job, 'submitted_ms', submitted_ms)
 redis.call('HSETNX', job, 'video_id', video_id)
-local envelope = redis.call('HGET', job, 'envelope')
 if not envelope then
+  redis.call('SET', submission_key(job), submission, 'EX', ttl)
   redis.call('HSETNX', job, 'status', 'submitted')
   redis.call('ZADD', pending, submitted_ms, job_id)
   redis.call('EXPIRE', job, ttl)
@@ -37,8 +38,18 @@ for i = 7, #ARGV do
 end
 local id = next_stream_id(stream)
 local completed_ms = tonumber(redis.call('HGET', job, 'completed_ms'))
-envelope = with_submission(with_id(envelope, id), submission_of(job, completed_ms))
+local latency = math.max(0, completed_ms - tonumber(submitted_ms))
+envelope = with_submission(with_id(envelope, id),
+  string.sub(submission, 1, -2) .. string.format(',"latency_ms":%d}', latency))
 id, envelope = append(stream, maxlen, id, envelope)
-redis.call('HSET', job, 'envelope_id', id, 'envelope', envelope, 'correlated', '1')
+redis.call('HSET', job, 'envelope_id', id, 'correlated', '1')
+redis.call('HDEL', job, 'envelope')
+local status, verified = unpack(redis.call('HMGET', job, 'status', 'verified'))
+if status == 'timed_out' or verified == 'false' then
+  -- A guess: the real outcome may still come and will want the submission.
+  redis.call('SET', submission_key(job), submission, 'EX', ttl)
+end
+local kept_ms = redis.call('PTTL', job)
+keep_envelope(job, envelope, kept_ms > 0 and kept_ms or tonumber(ttl) * 1000)
 publish(channels, envelope)
 return {1, id}
