@@ -16,6 +16,7 @@ Layout (prefix configurable):
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,18 +25,33 @@ from datetime import datetime
 from importlib import resources
 from typing import Any
 
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 
 from webhook.errors import StoreUnavailable
 from webhook.events import DYNAMIC_IMAGE_COMPLETE, Envelope
 from webhook.settings import Settings, redis_url_of
 
 _ID_PLACEHOLDER = '{"id":""'
+logger = structlog.get_logger("webhook.store")
+
+# A script call ends within this, so VOD (which waits 5 s) hears 503 rather than nothing.
+CALL_DEADLINE_SECONDS = 4.0
 # How long a batch line stays claimed by a run that may have died while submitting it.
 BATCH_CLAIM_SECONDS = 600
 
@@ -121,12 +137,19 @@ def connect_redis(settings: Settings) -> Redis:
 
 class Store:
     def __init__(
-        self, redis: Redis, *, prefix: str, stream_maxlen: int, dedup_ttl_seconds: int
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        stream_maxlen: int,
+        dedup_ttl_seconds: int,
+        call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._stream_maxlen = stream_maxlen
         self._dedup_ttl = dedup_ttl_seconds
+        self._call_deadline = call_deadline_seconds
         self._record_event = redis.register_script(script_source("record_event"))
         self._record_submission = redis.register_script(script_source("record_submission"))
         self._hold_outcome = redis.register_script(script_source("hold_outcome"))
@@ -159,14 +182,14 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.script_exists(*(script.sha for script in scripts))
                 pipe.set(f"{self.keys.prefix}:ready", "1", nx=True, get=True, px=10_000)
-                try:
-                    loaded, _ = await pipe.execute()
-                except ResponseError as exc:
-                    if "syntax error" in str(exc):
+                loaded, probed = await pipe.execute(raise_on_error=False)
+            for reply in (loaded, probed):
+                if isinstance(reply, ResponseError):
+                    if "syntax error" in str(reply):
                         raise UnsupportedRedis(
                             "Redis 7.0 or newer is required (SET with both NX and GET)"
-                        ) from None
-                    raise
+                        )
+                    raise reply
             for script, present in zip(scripts, loaded, strict=True):
                 if not present:
                     await self.redis.script_load(script.script)
@@ -295,7 +318,10 @@ class Store:
     async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         # The caller's detail names no host or port: it is sent to whoever posted the callback.
         with unavailable("Redis is unavailable, nothing was stored; retry later ({kind})"):
-            return await script(keys=keys, args=args)
+            # Waiting for a pooled connection, the command, and a retry on a fresh connection
+            # together could outlast VOD's 5 s: the whole call has one deadline.
+            async with asyncio.timeout(self._call_deadline):
+                return await script(keys=keys, args=args)
 
 
 class UnsupportedRedis(StoreUnavailable):
@@ -311,7 +337,25 @@ def unavailable(message: str = "Redis is unavailable: {error}") -> Iterator[None
     try:
         yield
     except (RedisError, OSError) as exc:
+        if isinstance(exc, ResponseError) and not _passing(exc):
+            # Not Redis being down or full: a bug (a script's, or ours) would hide behind the
+            # 503 that VOD retries and then drops.
+            logger.error("redis_command_failed", error=str(exc))
         raise StoreUnavailable(message.format(error=exc, kind=type(exc).__name__)) from None
+
+
+def _passing(refusal: ResponseError) -> bool:
+    """Whether Redis refused for a while only: out of memory, read-only, loading, ..."""
+    return isinstance(
+        refusal,
+        OutOfMemoryError
+        | ReadOnlyError
+        | BusyLoadingError
+        | NoScriptError
+        | TryAgainError
+        | ClusterDownError
+        | MasterDownError,
+    ) or str(refusal).startswith(("MISCONF", "BUSY", "NOREPLICAS"))
 
 
 def _epoch_ms(moment: datetime) -> int:
