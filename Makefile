@@ -26,10 +26,10 @@ test: $(STAMP) redis-server
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 ## bench: measure the callback hot path with wrk against same-run baselines (table and
-## .bench/report.json; ARGS="--seconds 2 --rounds 1" for a quick run), then the shared
+## .bench/report.json; BENCH_ARGS="--seconds 2 --rounds 1" for a quick run), then the shared
 ## submission quota
 bench: $(STAMP) redis-server wrk
-	$(BIN)/python -m bench.receiver $(ARGS)
+	$(BIN)/python -m bench.receiver $(BENCH_ARGS)
 	$(BIN)/python -m bench.submit_rate
 
 ## faults: prove the guarantees under faults (Redis and receiver killed, Redis paused or out of
