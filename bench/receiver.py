@@ -207,8 +207,10 @@ def measure(seconds: float, rounds: int, folder: Path) -> dict[str, Any]:
             "receiver/bare": statistics.median(r.per_s / b.per_s for r, b, _ in paired),
             "receiver/evalsha": statistics.median(r.per_s / e.per_s for r, _, e in paired),
             "receiver_2/receiver": medians["receiver_2"]["per_s"] / medians["receiver"]["per_s"],
-            "cpu receiver/bare": statistics.median(
-                r.server_cpu_us / b.server_cpu_us for r, b, _ in paired
+            # The throughput ratio were each server given a whole core: steadier when a busy
+            # box starves one of them (server CPU under ~95 %).
+            "receiver/bare by CPU": statistics.median(
+                b.server_cpu_us / r.server_cpu_us for r, b, _ in paired
             ),
         },
         "subscriber": latency,
@@ -221,6 +223,7 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 8's targets beside what was measured."""
     rows = [
         ("receiver / bare req/s, 1 worker", ">=", 0.30, report["ratios"]["receiver/bare"]),
+        ("  the same by CPU us per request", ">=", 0.30, report["ratios"]["receiver/bare by CPU"]),
         ("p99 at 32 connections, ms", "<=", 10.0, report["medians"]["receiver"]["p99_ms"]),
         ("callback → subscriber p99 at 1,000/s, ms", "<=", 5.0, report["subscriber"]["p99_ms"]),
         ("Redis bytes per job record", "<=", 1536, report["redis_memory"]["job_record_bytes"]),
@@ -258,7 +261,7 @@ def print_report(report: dict[str, Any]) -> None:
     print(
         f"receiver / bare {r['receiver/bare']:.2f}x, receiver / one EVALSHA "
         f"{r['receiver/evalsha']:.2f}x, 2 workers / 1 {r['receiver_2/receiver']:.2f}x; "
-        f"CPU per request receiver / bare {r['cpu receiver/bare']:.1f}x"
+        f"by CPU per request, receiver / bare {r['receiver/bare by CPU']:.2f}x"
     )
     s = report["subscriber"]
     print(
@@ -266,6 +269,8 @@ def print_report(report: dict[str, Any]) -> None:
         f"{s['p99_ms']:.2f} ms ({s['received']} of {s['sent']} received); answers p50 "
         f"{s['answer_p50_ms']:.2f} ms, p99 {s['answer_p99_ms']:.2f} ms"
     )
+    if s["answer_p50_ms"] > 100:
+        print(f"  (the receiver did not keep up with {s['rate']}/s here: that latency is queueing)")
     mem, rss = report["redis_memory"], report["rss"]
     print(
         f"Redis MEMORY USAGE: job record {mem['job_record_bytes']:.0f} B, dedup marker "
