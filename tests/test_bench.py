@@ -4,17 +4,20 @@ bench itself (timing) is not run here."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
 from bench import load
-from bench.processes import AUTH_KEY, Receiver, cpu_seconds, process_tree
+from bench.processes import AUTH_KEY, Receiver, cpu_seconds, free_port, process_tree, started
 from tests.conftest import RedisServer
+from webhook.sender import sample_dynamic_image_event
 
 GENERATORS = [
     pytest.param(
@@ -49,6 +52,22 @@ def test_generated_callbacks_are_signed_and_each_a_new_job(
     # None was a duplicate; a request in flight when the generator stopped is not counted.
     assert figures.requests <= jobs <= figures.requests + 2
     assert figures.server_cpu_us > 0
+
+
+def test_evalsha_baseline_records_a_job_with_the_current_script(own_redis: RedisServer) -> None:
+    # bench/apps.py builds record_event's arguments as Store.record does: this fails when the
+    # script's arguments change without it.
+    port = free_port()
+    command = [sys.executable, "-m", "bench.apps", "evalsha", str(port), own_redis.url]
+    with started(command, f"http://127.0.0.1:{port}/healthz", dict(os.environ)):
+        body = sample_dynamic_image_event("bench-job-1")
+        answer = httpx.post(f"http://127.0.0.1:{port}/callbacks/vod", json=body, timeout=5)
+    assert answer.json()["status"] == "accepted"
+    client = redis.Redis.from_url(own_redis.url, decode_responses=True)
+    try:
+        assert client.hget("vod:job:bench-job-1", "status") == "success"
+    finally:
+        client.close()
 
 
 def test_lua_script_signs_every_second_of_the_run() -> None:
