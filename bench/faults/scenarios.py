@@ -20,7 +20,7 @@ import httpx
 
 from bench.faults.delivery import Ledger, Load, callback_body, new_job_id, post, run_load
 from bench.faults.figures import Figures, check_answers, stream_job_counts, tally
-from bench.faults.processes import Receiver, RedisProcess
+from bench.processes import Receiver, RedisProcess
 
 VOD_DEADLINE_SECONDS = 5.0
 
