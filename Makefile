@@ -19,7 +19,7 @@ run: $(STAMP)
 	$(BIN)/vod-webhook serve $(ARGS)
 
 ## test: install, lint, type-check and run the whole test suite against a throwaway redis-server
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server wrk
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
