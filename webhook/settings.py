@@ -151,8 +151,17 @@ class Settings(BaseSettings):
         30,
         gt=0,
         le=1000,
-        description="VOD API calls per second allowed per account, shared by every process and "
-        "host using this Redis (VOD's limit for SubmitDynamicImageJob is 30).",
+        description="VOD API calls per second allowed per account other than ListDynamicImage "
+        "(submissions, callback settings), shared by every process and host using this Redis "
+        "(VOD's limit for SubmitDynamicImageJob is 30).",
+    )
+    list_qps: float = Field(
+        100,
+        gt=0,
+        le=1000,
+        description="ListDynamicImage calls per second allowed per account (verification and "
+        "reconciliation), a quota of its own as at VOD (whose limit is 100), so lookups never "
+        "delay submissions.",
     )
     account_id: str | None = Field(
         None,
