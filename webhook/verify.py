@@ -41,6 +41,7 @@ logger = structlog.get_logger("webhook.verify")
 
 _VIDEO_UNKNOWN = {"InvalidVideo.NotFound", "NoSuchResource"}
 _VERIFY_SETTING = "VOD_WEBHOOK_VERIFY_OUTCOMES"
+_DRAIN_RETRY_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -259,9 +260,13 @@ async def drain_held(store: Store, options: VerifyOptions | None = None) -> None
                 announced = True
             checked = await verifier.run_once()
         except StoreUnavailable as exc:
+            # Every `serve` without verification starts this: no flood of warnings while Redis
+            # is down, just a look every few seconds.
             logger.warning("drain_skipped", detail=exc.detail)
+            await asyncio.sleep(_DRAIN_RETRY_SECONDS)
         except Exception:
             logger.exception("drain_failed")
+            await asyncio.sleep(_DRAIN_RETRY_SECONDS)
         if checked < verifier.options.batch:
             await asyncio.sleep(verifier.options.poll_seconds)
 
