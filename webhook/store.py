@@ -144,12 +144,14 @@ class Store:
         stream_maxlen: int,
         dedup_ttl_seconds: int,
         call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
+        max_held: int = 10_000,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._stream_maxlen = stream_maxlen
         self._dedup_ttl = dedup_ttl_seconds
         self._call_deadline = call_deadline_seconds
+        self._max_held = max_held
         self._record_event = redis.register_script(script_source("record_event"))
         self._record_submission = redis.register_script(script_source("record_submission"))
         self._hold_outcome = redis.register_script(script_source("hold_outcome"))
@@ -161,6 +163,7 @@ class Store:
             prefix=settings.key_prefix,
             stream_maxlen=settings.stream_maxlen,
             dedup_ttl_seconds=settings.dedup_ttl_seconds,
+            max_held=settings.max_held_outcomes,
         )
 
     async def close(self) -> None:
@@ -230,7 +233,7 @@ class Store:
         """Hold a callback's job outcome for verification (VERIFY_OUTCOMES), in one round trip.
 
         `duplicate` when the job's outcome is recorded already (`id` names it) or this very body
-        is held already (`id` is "")."""
+        is held already (`id` is ""). Raises TooManyHeld when `max_held` outcomes are held."""
         assert envelope.job_id, "only a job outcome is held"
         fingerprint = envelope.fingerprint()
         keys = [
@@ -238,9 +241,14 @@ class Store:
             self.keys.held(fingerprint),
             self.keys.verify_queue,
         ]
-        args = [fingerprint, envelope.model_dump_json(), self._dedup_ttl]
+        args = [fingerprint, envelope.model_dump_json(), self._dedup_ttl, self._max_held]
         held, entry_id = await self._call(self._hold_outcome, keys, args)
-        return Recorded(id=entry_id, duplicate=not held)
+        if held < 0:
+            raise TooManyHeld(
+                f"{self._max_held} outcomes await verification already; nothing was stored, "
+                "retry later"
+            )
+        return Recorded(id=entry_id, duplicate=held == 0)
 
     async def record_submission(
         self, job_id: str, video_id: str, submission: dict[str, Any], submitted_at: datetime
@@ -328,6 +336,13 @@ class UnsupportedRedis(StoreUnavailable):
     """The server is too old for this project; retrying will not help."""
 
     code = "unsupported_redis"
+
+
+class TooManyHeld(StoreUnavailable):
+    """VOD_WEBHOOK_MAX_HELD_OUTCOMES outcomes await verification: a new one is refused, 503,
+    rather than grow Redis without bound (VOD retries; reconciliation recovers what it drops)."""
+
+    code = "too_many_held_outcomes"
 
 
 @contextmanager
