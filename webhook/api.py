@@ -16,9 +16,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from webhook.client import stream_entries, stream_position
+from webhook.client import stream_position
 from webhook.errors import BadRequest, NotFound, TooManyStreams, Unauthorized
-from webhook.feed import Ended, Entry, StreamFeed, Subscription
+from webhook.feed import Ended, Entry, StreamFeed, Subscription, history
 from webhook.settings import Settings
 from webhook.store import Store, job_view
 
@@ -68,10 +68,7 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
             last = (0, -1)
             if after is not None:
                 try:
-                    async for entry_id, body in stream_entries(
-                        store.redis, store.keys.stream, after, page=REPLAY_PAGE
-                    ):
-                        entry = Entry(entry_id, body)
+                    async for entry in history(store.redis, store.keys.stream, after, REPLAY_PAGE):
                         last = entry.order
                         if wanted(entry):
                             yield entry.sse

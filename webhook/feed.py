@@ -70,7 +70,7 @@ class Entry:
             try:
                 self._route = Route.model_validate_json(self.body)
             except ValidationError as exc:
-                unreadable(self.id, exc)
+                unreadable(self.id, f"not an envelope: {exc.errors(include_url=False)[0]['msg']}")
         return self._route
 
 
@@ -86,16 +86,31 @@ def encode_event(entry_id: str, data: str) -> bytes:
 _reported: OrderedDict[str, None] = OrderedDict()
 
 
-def unreadable(entry_id: str, exc: ValidationError) -> None:
-    """Log an entry the filters must skip, once per process however many streams (live or
+def unreadable(entry_id: str, detail: str) -> None:
+    """Log an entry that streams skip, once per process however many of them (live or
     replaying) meet it."""
     if entry_id in _reported:
         return
     _reported[entry_id] = None
     if len(_reported) > 1000:
         _reported.popitem(last=False)
-    detail = f"not an envelope: {exc.errors(include_url=False)[0]['msg']}"
     logger.warning("feed_entry_skipped", id=entry_id, detail=detail)
+
+
+async def history(redis: Redis, stream: str, after: str, page: int) -> AsyncIterator[Entry]:
+    """The entries after `after`, oldest first, read `page` at a time (what a replaying
+    connection holds at once); those without an envelope are skipped."""
+    while True:
+        entries = cast(StreamEntries, await redis.xrange(stream, f"({after}", "+", count=page))
+        for entry_id, fields in entries:
+            body = fields.get("envelope")
+            if body is None:
+                unreadable(entry_id, "no envelope")
+                continue
+            yield Entry(entry_id, body)
+        if len(entries) < page:
+            return
+        after = entries[-1][0]
 
 
 class Ended(Exception):
@@ -225,7 +240,7 @@ class StreamFeed:
                         continue  # nobody to encode it for
                     body = fields.get("envelope")
                     if not isinstance(body, str):
-                        logger.warning("feed_entry_skipped", id=entry_id, detail="no envelope")
+                        unreadable(entry_id, "no envelope")
                         continue
                     batch.append(Entry(entry_id, body))
                 if batch:
