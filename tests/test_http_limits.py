@@ -266,11 +266,15 @@ def stalled_reader() -> Iterator[OpenStream]:
 
 
 def flood_stream(redis_url: str, entries: int) -> None:
-    """Envelopes of 256 KiB straight into the stream, for the feed to send to every client."""
+    """Envelopes of 256 KiB straight into the stream, for the feed to send to every client.
+    Added in one transaction, so the feed reads them in one round: the server does not pause
+    between rounds (which looks like a stalled socket) while the test waits for it to stall."""
     client = redis.Redis.from_url(redis_url)
     big = json.dumps({"id": "", "padding": "x" * 262_144})
-    for _ in range(entries):
-        client.xadd("vod:stream", {"envelope": big})
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(entries):
+            pipe.xadd("vod:stream", {"envelope": big})
+        pipe.execute()
     client.close()
 
 

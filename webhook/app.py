@@ -57,7 +57,12 @@ def create_app(settings: Settings) -> Starlette:
         else None
     )
     feed = (
-        StreamFeed(store.redis, store.keys.stream, queue_size=settings.sse_queue_size)
+        StreamFeed(
+            store.redis,
+            store.keys.stream,
+            queue_size=settings.sse_queue_size,
+            queue_bytes=settings.sse_queue_bytes,
+        )
         if settings.api_token is not None
         else None
     )

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         description="Envelopes buffered per `/events` connection; a client that falls further "
         "behind is disconnected and resumes from the stream with Last-Event-ID.",
     )
+    sse_queue_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes of envelopes buffered per `/events` connection, the same way; "
+        "connections share the envelopes they hold, so all of them together hold about this "
+        "much, plus up to 1 MiB each in flight.",
+    )
     max_event_streams: int = Field(
         100,
         ge=0,
