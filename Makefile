@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test lint bench faults lock redis-server
+.PHONY: run test lint bench faults lock redis-server wrk
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("vod-webhook needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -19,15 +19,17 @@ run: $(STAMP)
 	$(BIN)/vod-webhook serve $(ARGS)
 
 ## test: install, lint, type-check and run the whole test suite against a throwaway redis-server
-test: $(STAMP) redis-server
+test: $(STAMP) redis-server wrk
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest $(PYTEST_ARGS)
 
-## bench: measure the callback hot path and the shared submission quota (figures and ratios)
-bench: $(STAMP) redis-server
-	$(BIN)/python -m bench.hot_path
+## bench: measure the callback hot path with wrk against same-run baselines (table and
+## .bench/report.json; BENCH_ARGS="--seconds 2 --rounds 1" for a quick run), then the shared
+## submission quota
+bench: $(STAMP) redis-server wrk
+	$(BIN)/python -m bench.receiver $(BENCH_ARGS)
 	$(BIN)/python -m bench.submit_rate
 
 ## faults: prove the guarantees under faults (Redis and receiver killed, Redis paused or out of
@@ -43,6 +45,14 @@ redis-server:
 	@command -v redis-server >/dev/null || { \
 	  echo "redis-server not found: installing it with apt-get"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
+
+# The benchmark's load generator; without it `make bench` falls back to a slower Python one.
+wrk:
+	@command -v wrk >/dev/null || { \
+	  echo "wrk not found: installing it with apt-get"; \
+	  $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; } || \
+	  echo "wrk could not be installed: the bench uses its Python load generator"; }
 
 ## lock: re-resolve the newest allowed versions into constraints.txt
 lock:

@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -25,31 +23,17 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import uvicorn
 
-from bench.hot_path import KEY, free_port, redis_server, wait_until_up
-from webhook.sender import signed_headers
+from bench import load
+from bench.processes import AUTH_KEY, RedisProcess, free_port, started
 from webhook.server import AppFactory, server_config
 from webhook.settings import load_settings
 
 TOKEN = "bench-token-0123456789"
-
-# Each request a new JobId, so every callback is accepted and published (the full path).
-WRK_SCRIPT = """
-local counter = 0
-local prefix = tostring(math.random(1, 1e9)) .. "-" .. tostring(os.time())
-request = function()
-  counter = counter + 1
-  local body = '{"EventTime":"2026-11-24T12:00:00Z","EventType":"DynamicImageComplete",'
-    .. '"VideoId":"bench-video","Status":"success","JobId":"' .. prefix .. counter .. '",'
-    .. '"DynamicImageJobInfo":{"JobId":"' .. prefix .. counter .. '","Status":"success",'
-    .. '"FileURL":"http://cdn.example.com/a.gif","FileSize":"1024","Fps":"10",'
-    .. '"Height":"180","Width":"320"}}'
-  return wrk.format("POST", "/callbacks/vod", HEADERS, body)
-end
-"""
 
 
 def serve_variant() -> None:
@@ -72,33 +56,23 @@ def serve_variant() -> None:
 
 
 @contextmanager
-def receiver(
-    variant: str, redis_url: str, api: bool
-) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def receiver(variant: str, redis_url: str, api: bool) -> Iterator[tuple[str, int]]:
+    """One worker with the `variant` protocol: its base URL and pid."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VOD_WEBHOOK_")}
     env |= {
         "VOD_WEBHOOK_REDIS_URL": redis_url,
-        "VOD_WEBHOOK_AUTH_KEYS": KEY,
+        "VOD_WEBHOOK_AUTH_KEYS": AUTH_KEY,
         "VOD_WEBHOOK_CALLBACK_URL": f"{base}/callbacks/vod",
         "VOD_WEBHOOK_LOG_LEVEL": "warning",
     }
     if api:
         env["VOD_WEBHOOK_API_TOKEN"] = TOKEN
         env["VOD_WEBHOOK_MAX_EVENT_STREAMS"] = "10000"  # the cost of every stream is measured
-    process = subprocess.Popen(
-        [sys.executable, "-m", "bench.http_limits", "--serve", variant, str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_until_up(f"{base}/healthz", process)
-        yield base, process
-    finally:
-        process.terminate()
-        process.wait(30)
+    command = [sys.executable, "-m", "bench.http_limits", "--serve", variant, str(port)]
+    with started(command, f"{base}/healthz", env) as process:
+        yield base, process.pid
 
 
 async def hold_streams(base: str, count: int, ready: Path) -> None:
@@ -155,54 +129,13 @@ def streams(base: str, count: int) -> Iterator[Callable[[], int]]:
             process.wait(10)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def wrk(base: str, seconds: int, server_pid: int) -> dict[str, float]:
-    headers = signed_headers(f"{base}/callbacks/vod", KEY)
-    lua_headers = "{" + ", ".join(f'["{k}"] = "{v}"' for k, v in headers.items()) + "}"
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f"HEADERS = {lua_headers}\n{WRK_SCRIPT}")
-    try:
-        server_cpu = cpu_seconds(server_pid)
-        started = time.monotonic()
-        process = subprocess.Popen(
-            ["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", script.name, base],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        wrk_cpu = 0.0
-        while process.poll() is None:
-            wrk_cpu = max(wrk_cpu, cpu_seconds(process.pid))
-            time.sleep(0.2)
-        elapsed = time.monotonic() - started
-        output = process.communicate()[0]
-        server_cpu = cpu_seconds(server_pid) - server_cpu
-    finally:
-        os.unlink(script.name)
-    if "Non-2xx" in output:
-        raise SystemExit(f"wrk saw failed answers:\n{output}")
-    timeouts = re.search(r"timeout (\d+)", output)
-    rate = re.search(r"Requests/sec:\s+([\d.]+)", output)
-    if rate is None:
-        raise SystemExit(f"no rate in wrk's output:\n{output}")
-    return {
-        "per_s": float(rate.group(1)),
-        "server_cpu": server_cpu / elapsed,
-        "wrk_cpu": wrk_cpu / elapsed,
-        "timeouts": float(timeouts.group(1)) if timeouts else 0.0,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--streams", type=int, default=200)
     args = parser.parse_args()
-    if shutil.which("wrk") is None:
+    if not load.wrk_available():
         raise SystemExit("wrk is not installed: apt-get install wrk")
 
     variants = [
@@ -211,18 +144,22 @@ def main() -> None:
         (f"limited, {args.streams} /events clients", "limited", args.streams),
     ]
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _, _ in variants}
-    with redis_server() as redis_url:
+    with tempfile.TemporaryDirectory() as folder, RedisProcess(Path(folder), aof=False) as store:
         for _ in range(args.rounds):
             for name, variant, count in variants:
                 with (
-                    receiver(variant, redis_url, api=count > 0) as (base, process),
+                    receiver(variant, store.url, api=count > 0) as (base, pid),
                     streams(base, count) as delivered,
                 ):
                     before = delivered()
-                    results[name].append(wrk(base, args.seconds, process.pid))
+                    url = f"{base}/callbacks/vod"
+                    figures = load.wrk_round(
+                        url, AUTH_KEY, seconds=args.seconds, connections=32, server_pid=pid
+                    )
                     time.sleep(0.5)  # the last report of the stream clients
-                    results[name][-1]["streamed_mb"] = (delivered() - before) / 2**20
-                print(name, results[name][-1], file=sys.stderr)
+                    row = asdict(figures) | {"streamed_mb": (delivered() - before) / 2**20}
+                    results[name].append(row)
+                print(name, row, file=sys.stderr)
 
     print(
         f"signed DynamicImageComplete callbacks, wrk -t1 -c32, {args.seconds} s x "
@@ -231,28 +168,27 @@ def main() -> None:
     # CPU per callback is the steadier figure on a shared machine: a busy neighbour lowers
     # req/s, not (much) the server's CPU time per request.
     print(
-        f"{'':36} {'per s':>8} {'server CPU':>11} {'CPU us/req':>11} {'wrk CPU':>8} {'timeouts':>9}"
+        f"{'':36} {'per s':>8} {'server CPU':>11} {'CPU us/req':>11} {'wrk CPU':>8} "
+        f"{'streamed MB':>12}"
     )
     medians = {}
     for name, runs in results.items():
-        for run in runs:
-            run["cpu_us"] = run["server_cpu"] / run["per_s"] * 1e6
         medians[name] = {key: statistics.median(run[key] for run in runs) for key in runs[0]}
         m = medians[name]
         print(
-            f"{name:36} {m['per_s']:8.0f} {m['server_cpu']:10.0%} {m['cpu_us']:11.0f} "
-            f"{m['wrk_cpu']:8.0%} {m['timeouts']:9.0f} {m['streamed_mb']:14.1f}"
+            f"{name:36} {m['per_s']:8.0f} {m['server_cpu']:10.0%} {m['server_cpu_us']:11.0f} "
+            f"{m['generator_cpu']:8.0%} {m['streamed_mb']:12.1f}"
         )
     plain, limited = medians["plain httptools"], medians["limited"]
     streamed = medians[variants[2][0]]
     print(
         f"limited / plain: throughput {limited['per_s'] / plain['per_s']:.3f}, "
-        f"CPU per callback {limited['cpu_us'] / plain['cpu_us']:.3f}"
+        f"CPU per callback {limited['server_cpu_us'] / plain['server_cpu_us']:.3f}"
     )
     print(
         f"with {args.streams} /events clients / without: throughput "
         f"{streamed['per_s'] / limited['per_s']:.3f}, "
-        f"CPU per callback {streamed['cpu_us'] / limited['cpu_us']:.3f}"
+        f"CPU per callback {streamed['server_cpu_us'] / limited['server_cpu_us']:.3f}"
     )
 
 

@@ -18,7 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.hot_path import BIN, free_port, redis_server, running
+from bench.processes import RedisProcess, free_port, started
+
+BIN = Path(sys.executable).parent
 
 ACCESS = ("BenchKeyId", "BenchSecret")
 QPS = 30
@@ -74,11 +76,11 @@ def main() -> None:
     emulator = [str(BIN / "vod-webhook"), "emulator", "--port", str(port), "--qps", str(QPS),
                 "--access-key", ":".join(ACCESS), "--delay", "600"]  # fmt: skip
     with (
-        redis_server() as redis_url,
-        running(emulator, f"http://127.0.0.1:{port}/_emulator/state", env),
         tempfile.TemporaryDirectory() as folder,
+        RedisProcess(Path(folder), aof=False) as store,
+        started(emulator, f"http://127.0.0.1:{port}/_emulator/state", env),
     ):
-        env["VOD_WEBHOOK_REDIS_URL"] = redis_url
+        env["VOD_WEBHOOK_REDIS_URL"] = store.url
         start_up, _ = run_batches([write_jobs(Path(folder), "warm", 1)], env)
         files = [write_jobs(Path(folder), f"p{n}", args.jobs_each) for n in range(args.processes)]
         elapsed, throttled = run_batches(files, env)

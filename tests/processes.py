@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,19 +31,28 @@ class Process:
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
-        for stream, lines in ((self.popen.stdout, self.stdout), (self.popen.stderr, self.stderr)):
-            threading.Thread(target=self._collect, args=(stream, lines), daemon=True).start()
+        self._readers = [
+            threading.Thread(target=self._collect, args=(stream, lines), daemon=True)
+            for stream, lines in (
+                (self.popen.stdout, self.stdout),
+                (self.popen.stderr, self.stderr),
+            )
+        ]
+        for reader in self._readers:
+            reader.start()
 
     @staticmethod
     def _collect(stream: object, lines: list[str]) -> None:
         for line in stream:  # type: ignore[attr-defined]
             lines.append(line)
+        stream.close()  # type: ignore[attr-defined]
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
         code = self.popen.wait(timeout)
-        time.sleep(0.1)  # let the reader threads take the last lines
+        for reader in self._readers:  # they end at the pipes' end: every line is in
+            reader.join(timeout)
         return code
 
     def json_logs(self) -> list[dict[str, object]]:

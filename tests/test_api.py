@@ -189,7 +189,7 @@ async def test_a_client_that_falls_behind_is_cut_off_and_catches_up_losslessly(
 
 def test_a_subscription_that_overflows_ends_instead_of_blocking() -> None:
     async def scenario() -> None:
-        subscription = Subscription(2)
+        subscription = Subscription(2, max_bytes=1 << 20)
         for n in range(5):
             subscription.offer([Entry(f"{n}-0", "{}")])
         assert subscription.ended

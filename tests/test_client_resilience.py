@@ -68,6 +68,23 @@ async def test_a_handler_error_of_any_type_is_retried_up_to_max_deliveries(
     assert attempts == [job_id] * 3
 
 
+async def test_a_failure_on_an_entry_a_peer_acknowledged_meanwhile_is_not_dead_lettered(
+    redis_client: Redis,
+) -> None:
+    recorded = await vod_store(redis_client).record(job_event("j1"))
+    stop = asyncio.Event()
+
+    async def finished_elsewhere(envelope: Envelope) -> None:
+        # A peer that took the entry over finishes it while this handler is still failing.
+        await redis_client.xack("vod:stream", "g", recorded.id)
+        stop.set()
+        raise ValueError("too late")
+
+    async with asyncio.timeout(10):
+        await consume(redis_client, "g", "a", finished_elsewhere, options=FAST, stop=stop)
+    assert await redis_client.xlen("vod:deadletter") == 0
+
+
 async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(redis_client: Redis) -> None:
     await redis_client.xadd("vod:stream", {"envelope": "not json"})
     await redis_client.xadd("vod:stream", {"something": "else"})

@@ -135,12 +135,74 @@ def test_half_sent_requests_get_408_and_are_closed(redis_url: str) -> None:
         finally:
             for sock in (silent, half_headers, short_body):
                 sock.close()
-        stages = {line["stage"] for line in logged(process, "request_read_timeout")}
-        assert stages == {"headers", "body"}
+        wait_for(
+            lambda: (
+                {line["stage"] for line in logged(process, "request_read_timeout")}
+                == {"headers", "body"}
+            ),
+            5,
+            "a read timeout logged in both stages",
+        )
         wait_for(lambda: bool(logged(process, "callback_rejected")), 5, "the app's log line")
         assert logged(process, "callback_rejected")[0]["error"] == "request_incomplete"
         assert not logged(process, "request_failed")
         assert httpx.get(f"{base}/healthz").status_code == 200
+
+
+def test_a_stray_line_break_after_a_request_does_not_keep_the_connection(
+    redis_url: str,
+) -> None:
+    with serving(redis_url=redis_url, read_timeout_seconds="0.5") as (base, _):
+        sock = connect(base)
+        try:
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b'{"status":"ok"}'):
+                answer += sock.recv(65536)
+            assert answer.startswith(b"HTTP/1.1 200 ")
+            # The parser skips a line break between requests without starting one; it must
+            # still count as the start of the next request's deadline.
+            sock.sendall(b"\r\n")
+            assert read_until_closed(sock) == b""  # closed, not held open (socket timeout 15 s)
+        finally:
+            sock.close()
+
+
+@pytest.mark.parametrize("split", [None, 15_000], ids=["one write", "completed by a big write"])
+def test_headers_over_the_cap_get_431_however_they_arrive(
+    redis_url: str, split: int | None
+) -> None:
+    request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fill: " + b"a" * 100_000 + b"\r\n\r\n"
+    with serving(redis_url=redis_url) as (base, _):
+        sock = connect(base)
+        try:
+            if split is None:
+                sock.sendall(request)
+            else:
+                sock.sendall(request[:split])
+                sock.sendall(request[split:])
+            answer = read_until_closed(sock)
+        finally:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"] == "headers_too_large"
+
+
+def test_malformed_http_gets_a_json_400(redis_url: str) -> None:
+    with serving(redis_url=redis_url) as (base, _):
+        sock = connect(base)
+        try:
+            sock.sendall(b"POST /callbacks/vod HTTP/1.1\r\nContent-Length: 1x\r\n\r\n{}")
+            answer = read_until_closed(sock)
+        finally:
+            sock.close()
+    assert answer.startswith(b"HTTP/1.1 400 "), answer[:200]
+    head, body = answer.split(b"\r\n\r\n", 1)
+    assert b"content-type: application/json" in head
+    assert json.loads(body) == {
+        "error": "invalid_http",
+        "detail": "the request is not valid HTTP/1.1",
+    }
 
 
 def test_graceful_shutdown_time_is_not_rounded_down() -> None:
@@ -204,11 +266,15 @@ def stalled_reader() -> Iterator[OpenStream]:
 
 
 def flood_stream(redis_url: str, entries: int) -> None:
-    """Envelopes of 256 KiB straight into the stream, for the feed to send to every client."""
+    """Envelopes of 256 KiB straight into the stream, for the feed to send to every client.
+    Added in one transaction, so the feed reads them in one round: the server does not pause
+    between rounds (which looks like a stalled socket) while the test waits for it to stall."""
     client = redis.Redis.from_url(redis_url)
     big = json.dumps({"id": "", "padding": "x" * 262_144})
-    for _ in range(entries):
-        client.xadd("vod:stream", {"envelope": big})
+    with client.pipeline(transaction=True) as pipe:
+        for _ in range(entries):
+            pipe.xadd("vod:stream", {"envelope": big})
+        pipe.execute()
     client.close()
 
 
@@ -237,14 +303,13 @@ def test_sigterm_with_a_stalled_events_client_exits_without_waiting_for_it(
     with serving(
         redis_url=redis_url,
         api_token=TOKEN,
-        send_timeout_seconds="120",  # x
+        send_timeout_seconds="120",
         shutdown_timeout_seconds="120",
     ) as (base, process):
         sock = stalled_reader(base)
         flood_stream(redis_url, 64)  # 16 MiB: far more than the socket buffers hold
         wait_for(stuck(sock), 10, "the server's socket buffer to fill up")
-        process.popen.send_signal(signal.SIGTERM)
-        process.popen.wait(30)  # a bound on the test; the drain would take 120 s
+        process.stop(signal.SIGTERM, 30)  # a bound on the test; the drain would take 120 s
         assert logged(process, "client_not_reading")[0]["detail"] == "dropped on shutdown"
         events = [line["event"] for line in process.json_logs()]
         assert "Application shutdown complete." in events

@@ -8,6 +8,7 @@ import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from tests.conftest import RedisServer, free_port, published, sample_path, stream_entries
 from webhook.embedded import EmbeddedRedis
@@ -297,3 +298,44 @@ async def test_ready_means_a_write_would_be_stored(own_redis: RedisServer) -> No
     await store.ensure_ready()
     await store.close()
     await admin.aclose()
+
+
+async def test_a_script_call_ends_at_its_deadline_however_slow_redis_is(
+    own_redis: RedisServer,
+) -> None:
+    # A socket timeout longer than the pause: only the call's own deadline ends it.
+    slow = Redis.from_url(own_redis.url, decode_responses=True, socket_timeout=30)
+    admin = Redis.from_url(own_redis.url, decode_responses=True)
+    store = Store(
+        slow, prefix="t", stream_maxlen=10, dedup_ttl_seconds=60, call_deadline_seconds=0.5
+    )
+    await store.ensure_ready()
+    await admin.client_pause(10_000, all=False)  # writes (and scripts) wait
+    try:
+        with pytest.raises(StoreUnavailable, match="TimeoutError"):
+            await store.record(envelope())
+    finally:
+        await admin.client_unpause()
+        await admin.aclose()
+        await slow.aclose()
+
+
+async def test_a_refusal_that_will_not_pass_is_logged_as_an_error(redis_client: Redis) -> None:
+    store = store_for(redis_client)
+    await redis_client.set("t:stream", "not a stream")  # the script's XADD now always fails
+    with capture_logs() as logs, pytest.raises(StoreUnavailable):
+        await store.record(envelope(name="ai_media_audit.json"))
+    [failure] = [log for log in logs if log["event"] == "redis_command_failed"]
+    assert "WRONGTYPE" in failure["error"]
+    assert failure["log_level"] == "error"
+
+
+async def test_refusals_that_pass_are_not_errors(own_redis: RedisServer) -> None:
+    redis = Redis.from_url(own_redis.url, decode_responses=True)
+    store = store_for(redis)
+    await redis.config_set("maxmemory-policy", "noeviction")
+    await redis.config_set("maxmemory", "1")
+    with capture_logs() as logs, pytest.raises(StoreUnavailable):
+        await store.record(envelope())
+    assert not [log for log in logs if log["event"] == "redis_command_failed"]
+    await redis.aclose()

@@ -7,6 +7,7 @@ import json
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from tests.conftest import (
     Receiver,
     RedisServer,
     ServeApp,
+    eventually,
     free_port,
     stream_entries,
     vod_headers,
@@ -166,16 +168,73 @@ async def test_a_forged_fail_of_a_successful_job_is_dropped(
     ]
 
 
-async def test_an_unlisted_success_is_checked_again_then_dropped(
+async def test_an_unlisted_success_is_checked_again_then_published_unverified(
     store: Store, make_vod: MakeVod
 ) -> None:
+    # Listing lag must not cost an outcome we answered 200 for: only a contradiction drops one.
     vod = await make_vod()
-    await store.hold(outcome("no-such-job", "v1", file_url="http://evil/x.gif"))
+    body = outcome_body("not-listed-yet", "v1", file_url="http://cdn.example/x.gif")
+    await store.hold(parse_callback(body, datetime.now(UTC)))
     with capture_logs() as logs:
         await run_until_settled(Verifier(store, vod, QUICK), store)
-    assert await job_envelopes(store, "no-such-job") == []
-    events = [log["event"] for log in logs if log["event"] != "vod_call_retried"]
-    assert events == ["verify_retry", "verify_retry", "callback_forged"]
+    [published] = await job_envelopes(store, "not-listed-yet")
+    assert (published["status"], published["verified"]) == ("success", False)
+    events = [log for log in logs if log["event"] != "vod_call_retried"]
+    assert [log["event"] for log in events] == [
+        "verify_retry",
+        "verify_retry",
+        "outcome_unconfirmed",
+    ]
+    assert events[-1]["reason"] == "not listed by ListDynamicImage after 3 checks"
+    again = await store.hold(parse_callback(body, datetime.now(UTC)))
+    assert again.duplicate  # VOD's re-send of it
+
+
+async def test_a_success_for_a_video_vod_does_not_know_is_published_unverified_at_once(
+    store: Store, make_vod: MakeVod
+) -> None:
+    # A deleted video, or a receiver configured for another region or account: no contradiction
+    # of the outcome itself, so it is not dropped.
+    vod = await make_vod()
+    await store.hold(outcome("j1", "notfound-v1", file_url="http://cdn.example/x.gif"))
+    with capture_logs() as logs:
+        await run_until_settled(Verifier(store, vod, QUICK), store)
+    [published] = await job_envelopes(store, "j1")
+    assert published["verified"] is False
+    [unconfirmed] = [log for log in logs if log["event"] == "outcome_unconfirmed"]
+    assert unconfirmed["reason"].startswith("VOD does not know video notfound-v1")
+    assert not [log for log in logs if log["event"] in {"verify_retry", "callback_forged"}]
+
+
+async def test_the_same_file_is_confirmed_whatever_its_scheme_host_case_or_signing_query(
+    store: Store, make_vod: MakeVod
+) -> None:
+    # VOD's callbacks say http:// and CDN URL signing adds an auth_key; the listing may not.
+    vod = await make_vod()
+    job_id, file_url = await finished_job(vod, "v1")
+    listed = urlsplit(file_url)
+    called_back = urlunsplit(
+        ("http", listed.netloc.upper(), listed.path, "auth_key=1700000000-0-0-0123abcd", "")
+    )
+    await store.hold(outcome(job_id, "v1", file_url=called_back))
+    other_job, other_url = await finished_job(vod, "v1")
+    elsewhere = urlunsplit(urlsplit(other_url)._replace(path="/v1/other.gif"))
+    await store.hold(outcome(other_job, "v1", file_url=elsewhere))
+    with capture_logs() as logs:
+        await run_until_settled(Verifier(store, vod, QUICK), store)
+    [published] = await job_envelopes(store, job_id)
+    assert (published["result"]["file_url"], published["verified"]) == (called_back, True)
+    assert await job_envelopes(store, other_job) == []
+    [dropped] = [log for log in logs if log["event"] == "callback_forged"]
+    assert (dropped["job_id"], dropped["file_url"]) == (other_job, elsewhere)
+
+
+def test_the_default_schedule_keeps_checking_for_minutes() -> None:
+    attempts = Settings.model_fields["verify_attempts"].default
+    options = VerifyOptions(attempts=attempts)
+    assert options.attempts == VerifyOptions().attempts
+    span = sum(options.delay(attempt) for attempt in range(attempts - 1))
+    assert 180 <= span <= 600
 
 
 async def test_an_unconfirmable_fail_goes_out_unverified_and_a_confirmed_success_supersedes_it(
@@ -251,19 +310,17 @@ async def test_the_receiver_holds_outcomes_and_records_other_events_at_once(
     accepted = await http.post(url, content=json.dumps(upload), headers=vod_headers())
     assert accepted.json()["status"] == "accepted"
 
-    async def forged() -> bool:
+    async def resolved() -> bool:
         state = await redis_client.hget("vod:held:" + parse_fingerprint(body), "state")
-        return state == "forged"
+        return state == "recorded"
 
-    for _ in range(200):
-        if await forged():
-            break
-        await asyncio.sleep(0.05)
-    else:
-        raise AssertionError("the forged outcome was not dropped")
+    await eventually(resolved, 10, "the held outcome checked")
     entries = await stream_entries(redis_client, "vod:stream")
     stream = [json.loads(fields["envelope"]) for _, fields in entries]
-    assert [(e["event_type"], e["verified"]) for e in stream] == [("FileUploadComplete", None)]
+    assert [(e["event_type"], e["verified"]) for e in stream] == [
+        ("FileUploadComplete", None),
+        ("DynamicImageComplete", False),  # VOD does not know the video: unconfirmed, not lost
+    ]
 
 
 def parse_fingerprint(body: bytes) -> str:
@@ -325,3 +382,83 @@ def test_verifying_inside_serve_needs_credentials() -> None:
     result = run("serve", "--port", str(free_port()), env=env)
     assert result.returncode == 2
     assert "no Alibaba Cloud credentials" in result.stderr
+
+
+async def test_held_outcomes_are_published_unverified_once_verification_is_turned_off(
+    store: Store, start_receiver: Receiver
+) -> None:
+    # Answered 200 by a verifying deployment, then VERIFY_OUTCOMES was switched off.
+    await store.hold(outcome("j1", "v1", file_url="http://cdn.example/a.gif"))
+    await store.hold(outcome("j2", "v1", status="fail"))
+    with capture_logs() as logs:
+        await start_receiver()  # no VOD credentials needed: nothing is looked up
+
+        async def drained() -> bool:
+            return await store.redis.zcard(store.keys.verify_queue) == 0
+
+        await eventually(drained, 10, "the held outcomes published")
+    published = [await job_envelopes(store, job_id) for job_id in ("j1", "j2")]
+    assert [[(e["status"], e["verified"]) for e in p] for p in published] == [
+        [("success", False)],
+        [("fail", False)],
+    ]
+    [draining] = [log for log in logs if log["event"] == "held_outcomes_draining"]
+    assert draining["held"] == 2
+    reasons = {log["reason"] for log in logs if log["event"] == "outcome_unconfirmed"}
+    assert reasons == {"VOD_WEBHOOK_VERIFY_OUTCOMES is off"}
+
+
+async def test_lookups_have_their_own_quota_so_they_never_delay_submissions(
+    make_vod: MakeVod,
+    serve_app: ServeApp,
+    make_settings: Callable[..., Settings],
+    store: Store,
+) -> None:
+    await make_vod()  # sets the credentials
+    options = EmulatorOptions(access_keys={ACCESS_KEY_ID: ACCESS_KEY_SECRET})
+    emulator = await serve_app(lambda _: create_emulator_app(options))
+    # One submission per 20 s: a lookup taking a submission slot would hold the next one up.
+    settings = make_settings(vod_endpoint=emulator, submit_qps=0.05, list_qps=100)
+    vod = Vod.from_settings(settings, store.redis)
+    await vod.list_dynamic_image("v1")
+    async with asyncio.timeout(5):
+        await vod.submit_dynamic_image_job("v1", "tpl", None)
+        for _ in range(5):
+            await vod.list_dynamic_image("v1")
+    assert (
+        await store.redis.exists(
+            f"vod:quota:{ACCESS_KEY_ID}", f"vod:quota:{ACCESS_KEY_ID}:ListDynamicImage"
+        )
+        == 2
+    )
+
+
+async def test_beyond_max_held_outcomes_new_outcomes_get_503_and_re_sends_still_200(
+    start_receiver: Receiver, make_vod: MakeVod, http: httpx.AsyncClient
+) -> None:
+    await make_vod()  # sets the credentials
+    unreachable = f"http://127.0.0.1:{free_port()}"  # so held outcomes stay held
+    base = await start_receiver(verify_outcomes=True, vod_endpoint=unreachable, max_held_outcomes=2)
+    url = f"{base}/callbacks/vod"
+    bodies = [outcome_body(f"j{n}", "v1", file_url=f"http://cdn.example/{n}.gif") for n in range(3)]
+    answers = [await http.post(url, content=body, headers=vod_headers()) for body in bodies]
+    assert [a.status_code for a in answers] == [200, 200, 503]
+    assert answers[2].json()["error"] == "too_many_held_outcomes"
+    assert answers[2].headers["retry-after"] == "1"
+    again = await http.post(url, content=bodies[0], headers=vod_headers())
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+
+
+@pytest.mark.parametrize("reconcile", [False, True])
+async def test_verifying_without_reconciling_is_warned_about(
+    start_receiver: Receiver, make_vod: MakeVod, reconcile: bool
+) -> None:
+    await make_vod()  # sets the credentials
+    with capture_logs() as logs:
+        await start_receiver(
+            verify_outcomes=True,
+            reconcile=reconcile,
+            vod_endpoint=f"http://127.0.0.1:{free_port()}",
+        )
+    warned = [log for log in logs if log["event"] == "verify_without_reconcile"]
+    assert len(warned) == (0 if reconcile else 1)

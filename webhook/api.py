@@ -10,20 +10,23 @@ from typing import Any
 
 import structlog
 from redis.exceptions import RedisError
-from sse_starlette import EventSourceResponse, ServerSentEvent
+from sse_starlette import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from webhook.client import matches, stream_entries, stream_position
+from webhook.client import stream_position
 from webhook.errors import BadRequest, NotFound, TooManyStreams, Unauthorized
-from webhook.events import Envelope
-from webhook.feed import Ended, Entry, StreamFeed, Subscription
+from webhook.feed import Ended, Entry, StreamFeed, Subscription, history
 from webhook.settings import Settings
 from webhook.store import Store, job_view
 
 logger = structlog.get_logger("webhook.api")
+
+# Entries per read while replaying history: what a replaying connection holds at once (~2 MB
+# with the largest envelopes), not a whole 500-entry page per connection.
+REPLAY_PAGE = 32
 
 
 def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[BaseRoute]:
@@ -54,42 +57,33 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
                 "retry later, or use the stream in Redis directly"
             )
 
-        def wanted(body: str) -> bool:
+        def wanted(entry: Entry) -> bool:
             if event_type is None and job_id is None:
-                return True  # sent as stored, without parsing
-            envelope = Envelope.model_validate_json(body)
-            return matches(envelope, event_type=event_type, job_id=job_id)
+                return True  # sent as stored, without reading it
+            route = entry.route()  # None: not an envelope, skipped (and logged once)
+            return route is not None and route.matches(event_type=event_type, job_id=job_id)
 
-        def wanted_live(entry: Entry) -> bool:
-            if event_type is None and job_id is None:
-                return True
-            return matches(entry.envelope(), event_type=event_type, job_id=job_id)
-
-        async def stream(live: Subscription) -> AsyncIterator[ServerSentEvent | bytes]:
+        async def stream(live: Subscription) -> AsyncIterator[bytes]:
             # Live entries queue up while history is replayed, so the hand-over loses nothing.
             last = (0, -1)
             if after is not None:
                 try:
-                    async for entry_id, body in stream_entries(
-                        store.redis, store.keys.stream, after
-                    ):
-                        last = _order(entry_id)
-                        if wanted(body):
-                            yield ServerSentEvent(data=body, id=entry_id)
+                    async for entry in history(store.redis, store.keys.stream, after, REPLAY_PAGE):
+                        last = entry.order
+                        if wanted(entry):
+                            yield entry.sse
                 except (RedisError, OSError) as exc:
                     logger.warning("events_replay_interrupted", detail=str(exc))
                     return  # the client retries from its Last-Event-ID
             while True:
                 try:
-                    batch = await live.next()
+                    batch = await live.next()  # at most WRITE_BYTES of events
                 except Ended:
                     return  # the client reconnects with Last-Event-ID and catches up
-                # One write for everything that arrived, each event encoded once for all clients.
-                chunk = b"".join(
-                    entry.sse() for entry in batch if entry.order > last and wanted_live(entry)
-                )
+                # One write for up to WRITE_BYTES of events, each encoded once for all clients.
+                chunk = [entry.sse for entry in batch if entry.order > last and wanted(entry)]
                 if chunk:
-                    yield chunk
+                    yield chunk[0] if len(chunk) == 1 else b"".join(chunk)
 
         return _FeedResponse(feed, stream, settings.sse_heartbeat_seconds)
 
@@ -115,7 +109,7 @@ class _FeedResponse(Response):
     def __init__(
         self,
         feed: StreamFeed,
-        stream: Callable[[Subscription], AsyncIterator[ServerSentEvent | bytes]],
+        stream: Callable[[Subscription], AsyncIterator[bytes]],
         heartbeat_seconds: float,
     ) -> None:
         self.feed = feed
@@ -126,8 +120,3 @@ class _FeedResponse(Response):
         async with self.feed.subscription() as live:
             response = EventSourceResponse(self.stream(live), ping=self.heartbeat_seconds)
             await response(scope, receive, send)
-
-
-def _order(entry_id: str) -> tuple[int, int]:
-    milliseconds, _, sequence = entry_id.partition("-")
-    return int(milliseconds), int(sequence or 0)

@@ -39,7 +39,7 @@ from webhook.reconcile import run_reconciler
 from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
 from webhook.signature import verify_signature
 from webhook.store import Store, UnsupportedRedis
-from webhook.verify import VerifyOptions, run_verifier
+from webhook.verify import VerifyOptions, drain_held, run_verifier
 from webhook.vod import Vod
 
 logger = structlog.get_logger("webhook.app")
@@ -62,7 +62,12 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
         else None
     )
     feed = (
-        StreamFeed(store.redis, store.keys.stream, queue_size=settings.sse_queue_size)
+        StreamFeed(
+            store.redis,
+            store.keys.stream,
+            queue_size=settings.sse_queue_size,
+            queue_bytes=settings.sse_queue_bytes,
+        )
         if settings.api_token is not None
         else None
     )
@@ -154,6 +159,16 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
             verifier = asyncio.create_task(
                 run_verifier(store, vod, VerifyOptions(attempts=settings.verify_attempts))
             )
+            if not settings.reconcile:
+                logger.warning(
+                    "verify_without_reconcile",
+                    reason="outcomes VOD gives up on, or drops while too many are held, are "
+                    "recovered only by reconciliation: set VOD_WEBHOOK_RECONCILE=true here or "
+                    "run `vod-webhook reconcile`",
+                )
+        elif not settings.verify_outcomes:
+            # Outcomes a verifying deployment held (and answered 200 for) must still go out.
+            verifier = asyncio.create_task(drain_held(store))
         if vod is not None and settings.reconcile:
             reconciler = asyncio.create_task(
                 run_reconciler(

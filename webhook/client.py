@@ -354,9 +354,11 @@ class _ConsumerLoop:
             pending = await redis.xpending_range(
                 keys.stream, group, min=entry_id, max=entry_id, count=1
             )
-            deliveries = (
-                int(pending[0]["times_delivered"]) if pending else self.options.max_deliveries
-            )
+            if not pending:
+                # Acknowledged meanwhile (a peer that had claimed it finished it): not ours.
+                logger.warning("handler_failed", id=entry_id, error=repr(exc), acknowledged=True)
+                return
+            deliveries = int(pending[0]["times_delivered"])
             logger.warning("handler_failed", id=entry_id, deliveries=deliveries, error=repr(exc))
             if deliveries >= self.options.max_deliveries:
                 await _dead_letter(

@@ -6,16 +6,17 @@ server's drain is not held up by streams that never end by themselves."""
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import cast
 
 import structlog
+from pydantic import BaseModel, ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
-from webhook.events import Envelope
 from webhook.store import StreamEntries, read_entries
 
 logger = structlog.get_logger("webhook.feed")
@@ -24,30 +25,92 @@ logger = structlog.get_logger("webhook.feed")
 # connection then costs one wake-up and one write per round, not per envelope, so the read API's
 # share of the CPU stays bounded however fast callbacks arrive (latency cost: up to this much).
 ROUND_SECONDS = 0.05
+# Entries per read of the stream: with the largest envelopes (2 x 64 KiB each, cached) one
+# round holds ~13 MB, once per process, shared by every connection.
+ROUND_ENTRIES = 100
+# The most one connection hands the server in one write: what sits unsent in its transport,
+# and what it copies (uvicorn copies each write to frame it), stays this small.
+WRITE_BYTES = 256 * 1024
+
+
+class Route(BaseModel):
+    """What the `/events` filters look at. Read leniently, so that an envelope of a newer
+    receiver (a `source` this one does not know) still reaches the streams that want it."""
+
+    event_type: str
+    job_id: str | None = None
+
+    def matches(self, *, event_type: str | None, job_id: str | None) -> bool:
+        return (event_type is None or self.event_type == event_type) and (
+            job_id is None or self.job_id == job_id
+        )
 
 
 class Entry:
-    """One stream entry, shared by every connection: parsed and encoded at most once."""
+    """One stream entry, shared by every connection: encoded, and routed, at most once."""
 
-    __slots__ = ("_envelope", "_sse", "body", "id", "order")
+    __slots__ = ("_route", "_routed", "body", "id", "order", "size", "sse")
 
     def __init__(self, entry_id: str, body: str) -> None:
         self.id = entry_id
         self.body = body
         milliseconds, _, sequence = entry_id.partition("-")
         self.order = (int(milliseconds), int(sequence or 0))
-        self._envelope: Envelope | None = None
-        self._sse: bytes | None = None
+        self.sse = encode_event(entry_id, body)
+        # What this entry keeps alive: its text and its encoding (ASCII-sized, as envelopes
+        # almost all are).
+        self.size = len(body) + len(self.sse)
+        self._route: Route | None = None
+        self._routed = False
 
-    def envelope(self) -> Envelope:
-        if self._envelope is None:
-            self._envelope = Envelope.model_validate_json(self.body)
-        return self._envelope
+    def route(self) -> Route | None:
+        """Its type and job, or None (logged once per process) if it is not an envelope."""
+        if not self._routed:
+            self._routed = True
+            try:
+                self._route = Route.model_validate_json(self.body)
+            except ValidationError as exc:
+                unreadable(self.id, f"not an envelope: {exc.errors(include_url=False)[0]['msg']}")
+        return self._route
 
-    def sse(self) -> bytes:
-        if self._sse is None:
-            self._sse = ServerSentEvent(data=self.body, id=self.id).encode()
-        return self._sse
+
+def encode_event(entry_id: str, data: str) -> bytes:
+    """`data` as one Server-Sent Event with this id: what sse_starlette's encoder makes, but
+    ~20 times faster for one-line data (every envelope: JSON escapes its line breaks), which
+    matters as this runs on the event loop for every entry."""
+    if "\n" in data or "\r" in data:
+        return ServerSentEvent(data=data, id=entry_id).encode()
+    return b"".join((b"id: ", entry_id.encode(), b"\r\ndata: ", data.encode(), b"\r\n\r\n"))
+
+
+_reported: OrderedDict[str, None] = OrderedDict()
+
+
+def unreadable(entry_id: str, detail: str) -> None:
+    """Log an entry that streams skip, once per process however many of them (live or
+    replaying) meet it."""
+    if entry_id in _reported:
+        return
+    _reported[entry_id] = None
+    if len(_reported) > 1000:
+        _reported.popitem(last=False)
+    logger.warning("feed_entry_skipped", id=entry_id, detail=detail)
+
+
+async def history(redis: Redis, stream: str, after: str, page: int) -> AsyncIterator[Entry]:
+    """The entries after `after`, oldest first, read `page` at a time (what a replaying
+    connection holds at once); those without an envelope are skipped."""
+    while True:
+        entries = cast(StreamEntries, await redis.xrange(stream, f"({after}", "+", count=page))
+        for entry_id, fields in entries:
+            body = fields.get("envelope")
+            if body is None:
+                unreadable(entry_id, "no envelope")
+                continue
+            yield Entry(entry_id, body)
+        if len(entries) < page:
+            return
+        after = entries[-1][0]
 
 
 class Ended(Exception):
@@ -56,44 +119,74 @@ class Ended(Exception):
 
 
 class Subscription:
-    def __init__(self, size: int) -> None:
+    """One connection's queue, bounded in entries and in bytes. Its entries are shared with
+    every other connection, so all the queues together hold no more than the longest one."""
+
+    def __init__(self, size: int, max_bytes: int) -> None:
         self._size = size
-        self._pending: list[Entry] = []
+        self._max_bytes = max_bytes
+        self._pending: deque[Entry] = deque()
+        self.queued_bytes = 0
         self._ready = asyncio.Event()
         self.ended = False
+
+    @property
+    def queued(self) -> int:
+        return len(self._pending)
 
     def offer(self, entries: list[Entry]) -> None:
         if self.ended:
             return
-        if len(self._pending) + len(entries) > self._size:
+        added = sum(entry.size for entry in entries)
+        # An empty queue takes a whole round, so a client that keeps up is never cut off by a
+        # burst: the round is in memory anyway, shared.
+        if self._pending and (
+            len(self._pending) + len(entries) > self._size
+            or self.queued_bytes + added > self._max_bytes
+        ):
+            logger.info(
+                "events_client_behind",
+                queued=len(self._pending) + len(entries),
+                queued_bytes=self.queued_bytes + added,
+                detail="disconnected; it resumes from the stream with Last-Event-ID",
+            )
             self.end()
             return
-        self._pending += entries
+        self._pending.extend(entries)
+        self.queued_bytes += added
         self._ready.set()
 
     def end(self) -> None:
         if self.ended:
             return
         self.ended = True
-        self._pending = []  # what this connection will not be sent any more
+        self._pending.clear()  # never to be sent now
+        self.queued_bytes = 0
         self._ready.set()
 
-    async def next(self) -> list[Entry]:
-        """Every entry that arrived since the last call (waits for at least one)."""
+    async def next(self, max_bytes: int = WRITE_BYTES) -> list[Entry]:
+        """The oldest entries not yet taken, as many as fit in `max_bytes` of SSE (at least
+        one); waits for one."""
         while not self._pending and not self.ended:
             self._ready.clear()
             await self._ready.wait()
         if self.ended:
             raise Ended
-        batch, self._pending = self._pending, []
-        return batch
+        taken = [self._pending.popleft()]
+        encoded = len(taken[0].sse)
+        while self._pending and encoded + len(self._pending[0].sse) <= max_bytes:
+            taken.append(self._pending.popleft())
+            encoded += len(taken[-1].sse)
+        self.queued_bytes -= sum(entry.size for entry in taken)
+        return taken
 
 
 class StreamFeed:
-    def __init__(self, redis: Redis, stream: str, *, queue_size: int) -> None:
+    def __init__(self, redis: Redis, stream: str, *, queue_size: int, queue_bytes: int) -> None:
         self._redis = redis
         self._stream = stream
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -119,7 +212,7 @@ class StreamFeed:
 
     @asynccontextmanager
     async def subscription(self) -> AsyncIterator[Subscription]:
-        subscription = Subscription(self._queue_size)
+        subscription = Subscription(self._queue_size, self._queue_bytes)
         if self._closed:
             subscription.end()
         self._subscriptions.add(subscription)
@@ -136,19 +229,25 @@ class StreamFeed:
                     newest = cast(StreamEntries, await self._redis.xrevrange(self._stream, count=1))
                     last = newest[0][0] if newest else "0-0"
                 # Short blocks keep each call inside the client's socket timeout.
-                answer = await self._redis.xread({self._stream: last}, count=500, block=1000)
+                answer = await self._redis.xread(
+                    {self._stream: last}, count=ROUND_ENTRIES, block=1000
+                )
+                entries = read_entries(answer)
                 batch = []
-                for entry_id, fields in read_entries(answer):
+                for entry_id, fields in entries:
                     last = entry_id
+                    if not self._subscriptions:
+                        continue  # nobody to encode it for
                     body = fields.get("envelope")
                     if not isinstance(body, str):
-                        logger.warning("feed_entry_skipped", id=entry_id, detail="no envelope")
+                        unreadable(entry_id, "no envelope")
                         continue
                     batch.append(Entry(entry_id, body))
                 if batch:
                     for subscription in list(self._subscriptions):
                         subscription.offer(batch)
-                    await asyncio.sleep(ROUND_SECONDS)
+                    if len(entries) < ROUND_ENTRIES:  # else behind: no time to wait
+                        await asyncio.sleep(ROUND_SECONDS)
             except (RedisError, OSError) as exc:
                 logger.warning("feed_interrupted", detail=str(exc))
                 await asyncio.sleep(1)

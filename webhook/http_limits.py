@@ -65,7 +65,9 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._limits: ClientLimits = limits
         self._in_headers = True  # reading a request's headers (or waiting for a request)
         self._message_started = False
-        self._header_bytes = 0
+        self._header_bytes = 0  # raw bytes read while in headers: bounds an unfinished line
+        self._parsed_header_bytes = 0  # the request line and headers the parser has completed
+        self._headers_too_large = False
         self._read_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._shutdown_timer: asyncio.TimerHandle | None = None
@@ -77,6 +79,11 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         self._arm_read_timer()  # a connection that never sends a request is not kept
 
     def data_received(self, data: bytes) -> None:
+        if self._read_timer is None and not self._message_started:
+            # Any byte starts the next request's deadline, even one the parser skips (a line
+            # break between requests) without beginning a message: uvicorn's keep-alive timer
+            # stops at the first byte, so without this nothing would close the connection.
+            self._arm_read_timer()
         if self._in_headers:
             self._header_bytes += len(data)
         super().data_received(data)
@@ -86,17 +93,46 @@ class LimitedHttpProtocol(HttpToolsProtocol):
             and self._header_bytes > self._limits.max_header_bytes
             and not self.transport.is_closing()
         ):
+            self._headers_too_large = True
+            self.send_400_response("")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._message_started = True
+        self._parsed_header_bytes = 0
+        if self._read_timer is None:
+            self._arm_read_timer()
+
+    # Headers that arrive complete in one read never look unfinished to data_received: they
+    # are counted as the parser hands them over, and refused before the app sees them.
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._count_header_bytes(len(name) + len(value))
+
+    def _count_header_bytes(self, count: int) -> None:
+        self._parsed_header_bytes += count
+        if self._parsed_header_bytes > self._limits.max_header_bytes:
+            self._headers_too_large = True
+            # httptools turns a callback's exception into a parser error, which uvicorn
+            # answers with send_400_response (below) before any app runs.
+            raise ValueError("request headers too large")
+
+    def send_400_response(self, msg: str) -> None:
+        """Every answer the server gives by itself is JSON with `error` and `detail`, like the
+        app's (uvicorn's own is plain text)."""
+        if self._headers_too_large:
             logger.warning("request_headers_too_large", client=_peer(self.client))
             limit = self._limits.max_header_bytes
             self._answer_and_close(
                 431, "headers_too_large", f"request headers exceed {limit} bytes"
             )
-
-    def on_message_begin(self) -> None:
-        super().on_message_begin()
-        self._message_started = True
-        if self._read_timer is None:
-            self._arm_read_timer()
+        else:
+            self._answer_and_close(400, "invalid_http", "the request is not valid HTTP/1.1")
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
         description="Envelopes buffered per `/events` connection; a client that falls further "
         "behind is disconnected and resumes from the stream with Last-Event-ID.",
     )
+    sse_queue_bytes: int = Field(
+        4 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Bytes of envelopes buffered per `/events` connection, the same way; "
+        "connections share the envelopes they hold, so all of them together hold about this "
+        "much, plus up to 1 MiB each in flight.",
+    )
     max_event_streams: int = Field(
         100,
         ge=0,
@@ -151,8 +158,17 @@ class Settings(BaseSettings):
         30,
         gt=0,
         le=1000,
-        description="VOD API calls per second allowed per account, shared by every process and "
-        "host using this Redis (VOD's limit for SubmitDynamicImageJob is 30).",
+        description="VOD API calls per second allowed per account other than ListDynamicImage "
+        "(submissions, callback settings), shared by every process and host using this Redis "
+        "(VOD's limit for SubmitDynamicImageJob is 30).",
+    )
+    list_qps: float = Field(
+        100,
+        gt=0,
+        le=1000,
+        description="ListDynamicImage calls per second allowed per account (verification and "
+        "reconciliation), a quota of its own as at VOD (whose limit is 100), so lookups never "
+        "delay submissions.",
     )
     account_id: str | None = Field(
         None,
@@ -179,17 +195,25 @@ class Settings(BaseSettings):
     )
     verify_outcomes: bool = Field(
         False,
-        description="Publish a callback's job outcome only once ListDynamicImage confirms it "
-        "(VOD does not sign the body). Callbacks are held in Redis meanwhile; needs VOD "
-        "credentials.",
+        description="Check a callback's job outcome with ListDynamicImage before publishing it "
+        "(VOD does not sign the body): confirmed, it says `verified: true`; contradicted, it is "
+        "dropped; otherwise `verified: false`. Held in Redis meanwhile; needs VOD credentials. "
+        "Off, `serve` publishes any still held.",
     )
     verify_attempts: int = Field(
-        6,
+        12,
         ge=1,
-        le=20,
-        description="ListDynamicImage checks of a held outcome (1, 2, 4, ... s apart, at most 60 "
-        "s) before it is dropped as forged (not listed) or published unconfirmed (VOD out of "
-        "reach).",
+        le=50,
+        description="ListDynamicImage checks of a held outcome (1, 2, 4, 8, 16 s apart, then "
+        "every 30 s: the default spans about 3.5 minutes) before one still not listed, or with "
+        "VOD out of reach, is published with `verified: false`.",
+    )
+    max_held_outcomes: int = Field(
+        10_000,
+        ge=1,
+        description="Most outcomes held for verification at once (all processes); beyond it a "
+        "new outcome gets 503 `too_many_held_outcomes` (VOD retries, reconciliation recovers "
+        "what VOD then drops), so forged bodies cannot grow Redis without bound.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged."

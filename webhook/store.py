@@ -20,6 +20,7 @@ Layout (prefix configurable):
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,18 +30,33 @@ from importlib import resources
 from typing import Any
 
 import orjson
+import structlog
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.commands.core import AsyncScript
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    NoScriptError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 
 from webhook.errors import StoreUnavailable
 from webhook.events import DYNAMIC_IMAGE_COMPLETE, Envelope
 from webhook.settings import Settings, redis_url_of
 
 _ID_PLACEHOLDER = '{"id":""'
+logger = structlog.get_logger("webhook.store")
+
+# A script call ends within this, so VOD (which waits 5 s) hears 503 rather than nothing.
+CALL_DEADLINE_SECONDS = 4.0
 # How long a batch line stays claimed by a run that may have died while submitting it.
 BATCH_CLAIM_SECONDS = 600
 
@@ -133,12 +149,21 @@ def connect_redis(settings: Settings) -> Redis:
 
 class Store:
     def __init__(
-        self, redis: Redis, *, prefix: str, stream_maxlen: int, dedup_ttl_seconds: int
+        self,
+        redis: Redis,
+        *,
+        prefix: str,
+        stream_maxlen: int,
+        dedup_ttl_seconds: int,
+        call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
+        max_held: int = 10_000,
     ) -> None:
         self.redis = redis
         self.keys = Keys(prefix)
         self._stream_maxlen = stream_maxlen
         self._dedup_ttl = dedup_ttl_seconds
+        self._call_deadline = call_deadline_seconds
+        self._max_held = max_held
         self._record_event = redis.register_script(script_source("record_event"))
         self._record_submission = redis.register_script(script_source("record_submission"))
         self._hold_outcome = redis.register_script(script_source("hold_outcome"))
@@ -150,6 +175,7 @@ class Store:
             prefix=settings.key_prefix,
             stream_maxlen=settings.stream_maxlen,
             dedup_ttl_seconds=settings.dedup_ttl_seconds,
+            max_held=settings.max_held_outcomes,
         )
 
     async def close(self) -> None:
@@ -171,20 +197,27 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.script_exists(*(script.sha for script in scripts))
                 pipe.set(f"{self.keys.prefix}:ready", "1", nx=True, get=True, px=10_000)
-                try:
-                    loaded, _ = await pipe.execute()
-                except ResponseError as exc:
-                    if "syntax error" in str(exc):
+                loaded, probed = await pipe.execute(raise_on_error=False)
+            for reply in (loaded, probed):
+                if isinstance(reply, ResponseError):
+                    if "syntax error" in str(reply):
                         raise UnsupportedRedis(
                             "Redis 7.0 or newer is required (SET with both NX and GET)"
-                        ) from None
-                    raise
+                        )
+                    raise reply
             for script, present in zip(scripts, loaded, strict=True):
                 if not present:
                     await self.redis.script_load(script.script)
 
     async def record(self, envelope: Envelope) -> Recorded:
         """Record and fan out `envelope` unless its job outcome or event was recorded before."""
+        keys, args = self.record_arguments(envelope)
+        created, entry_id = await self._call(self._record_event, keys, args)
+        return Recorded(id=entry_id, duplicate=not created)
+
+    def record_arguments(self, envelope: Envelope) -> tuple[list[str], list[Any]]:
+        """The record_event script's keys (the dedup marker first) and arguments (the job id
+        second) for `envelope`."""
         keys = self.keys
         body = envelope.model_dump_json()
         # The script fills in the id; a recorded envelope has one already and is not re-recorded.
@@ -209,16 +242,13 @@ class Store:
             envelope.event_type,
             fields,
         ]
-        created, entry_id = await self._call(
-            self._record_event, [marker, keys.stream, keys.pending], args
-        )
-        return Recorded(id=entry_id, duplicate=not created)
+        return [marker, keys.stream, keys.pending], args
 
     async def hold(self, envelope: Envelope) -> Recorded:
         """Hold a callback's job outcome for verification (VERIFY_OUTCOMES), in one round trip.
 
         `duplicate` when the job's outcome is recorded already (`id` names it) or this very body
-        is held already (`id` is "")."""
+        is held already (`id` is ""). Raises TooManyHeld when `max_held` outcomes are held."""
         assert envelope.job_id, "only a job outcome is held"
         fingerprint = envelope.fingerprint()
         keys = [
@@ -226,9 +256,14 @@ class Store:
             self.keys.held(fingerprint),
             self.keys.verify_queue,
         ]
-        args = [fingerprint, envelope.model_dump_json(), self._dedup_ttl]
+        args = [fingerprint, envelope.model_dump_json(), self._dedup_ttl, self._max_held]
         held, entry_id = await self._call(self._hold_outcome, keys, args)
-        return Recorded(id=entry_id, duplicate=not held)
+        if held < 0:
+            raise TooManyHeld(
+                f"{self._max_held} outcomes await verification already; nothing was stored, "
+                "retry later"
+            )
+        return Recorded(id=entry_id, duplicate=held == 0)
 
     async def record_submission(
         self, job_id: str, video_id: str, submission: dict[str, Any], submitted_at: datetime
@@ -317,13 +352,23 @@ class Store:
     async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         # The caller's detail names no host or port: it is sent to whoever posted the callback.
         with unavailable("Redis is unavailable, nothing was stored; retry later ({kind})"):
-            return await script(keys=keys, args=args)
+            # Waiting for a pooled connection, the command, and a retry on a fresh connection
+            # together could outlast VOD's 5 s: the whole call has one deadline.
+            async with asyncio.timeout(self._call_deadline):
+                return await script(keys=keys, args=args)
 
 
 class UnsupportedRedis(StoreUnavailable):
     """The server is too old for this project; retrying will not help."""
 
     code = "unsupported_redis"
+
+
+class TooManyHeld(StoreUnavailable):
+    """VOD_WEBHOOK_MAX_HELD_OUTCOMES outcomes await verification: a new one is refused, 503,
+    rather than grow Redis without bound (VOD retries; reconciliation recovers what it drops)."""
+
+    code = "too_many_held_outcomes"
 
 
 @contextmanager
@@ -333,7 +378,25 @@ def unavailable(message: str = "Redis is unavailable: {error}") -> Iterator[None
     try:
         yield
     except (RedisError, OSError) as exc:
+        if isinstance(exc, ResponseError) and not _passing(exc):
+            # Not Redis being down or full: a bug (a script's, or ours) would hide behind the
+            # 503 that VOD retries and then drops.
+            logger.error("redis_command_failed", error=str(exc))
         raise StoreUnavailable(message.format(error=exc, kind=type(exc).__name__)) from None
+
+
+def _passing(refusal: ResponseError) -> bool:
+    """Whether Redis refused for a while only: out of memory, read-only, loading, ..."""
+    return isinstance(
+        refusal,
+        OutOfMemoryError
+        | ReadOnlyError
+        | BusyLoadingError
+        | NoScriptError
+        | TryAgainError
+        | ClusterDownError
+        | MasterDownError,
+    ) or str(refusal).startswith(("MISCONF", "BUSY", "NOREPLICAS"))
 
 
 def _epoch_ms(moment: datetime) -> int:

@@ -87,19 +87,29 @@ def parse_endpoint(endpoint: str) -> tuple[str, str]:
 
 class Vod:
     def __init__(
-        self, client: Client, limiter: RateLimiter, retry: RetryPolicy | None = None
+        self,
+        client: Client,
+        limiter: RateLimiter,
+        retry: RetryPolicy | None = None,
+        *,
+        list_limiter: RateLimiter | None = None,
     ) -> None:
+        """`limiter` paces every call but ListDynamicImage, which `list_limiter` paces (VOD
+        has a quota per API); without it, `limiter` paces that too."""
         self._client = client
         self._limiter = limiter
+        self._list_limiter = list_limiter or limiter
         self._retry = retry or RetryPolicy()
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: Redis) -> Vod:
-        """Calls share the quota of settings.account_id, else of the signing AccessKey ID."""
+        """Calls share the quotas of settings.account_id, else of the signing AccessKey ID: one
+        for ListDynamicImage, one for the rest (submissions)."""
         client, access_key_id = cls.sdk_client(settings)
-        quota = settings.account_id or access_key_id
-        limiter = RateLimiter(redis, f"{settings.key_prefix}:quota:{quota}", settings.submit_qps)
-        return cls(client, limiter)
+        quota = f"{settings.key_prefix}:quota:{settings.account_id or access_key_id}"
+        limiter = RateLimiter(redis, quota, settings.submit_qps)
+        list_limiter = RateLimiter(redis, f"{quota}:ListDynamicImage", settings.list_qps)
+        return cls(client, limiter, list_limiter=list_limiter)
 
     @staticmethod
     def sdk_client(settings: Settings) -> tuple[Client, str]:
@@ -144,7 +154,9 @@ class Vod:
 
         request = models.ListDynamicImageRequest(video_id=video_id)
         response = await self._call(
-            "ListDynamicImage", lambda: self._client.list_dynamic_image_async(request)
+            "ListDynamicImage",
+            lambda: self._client.list_dynamic_image_async(request),
+            self._list_limiter,
         )
         return [
             DynamicImage(job_id=item.job_id, video_id=video_id, raw=item.to_map())
@@ -180,12 +192,14 @@ class Vod:
         callback = response.body.message_callback
         return dict(callback.to_map()) if callback is not None else {}
 
-    async def _call(self, action: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(
+        self, action: str, call: Callable[[], Awaitable[T]], limiter: RateLimiter | None = None
+    ) -> T:
         from Tea.exceptions import TeaException
 
         attempt = 0
         while True:
-            await self._limiter.acquire()
+            await (limiter or self._limiter).acquire()
             try:
                 return await call()
             except TeaException as exc:

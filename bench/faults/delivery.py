@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.faults.processes import AUTH_KEY
+from bench.processes import AUTH_KEY
 from webhook.sender import sample_dynamic_image_event, signed_headers
 
 SAMPLES = Path(__file__).resolve().parents[2] / "tests" / "samples"

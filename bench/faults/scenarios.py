@@ -20,7 +20,7 @@ import httpx
 
 from bench.faults.delivery import Ledger, Load, callback_body, new_job_id, post, run_load
 from bench.faults.figures import Figures, check_answers, stream_job_counts, tally
-from bench.faults.processes import Receiver, RedisProcess
+from bench.processes import Receiver, RedisProcess
 
 VOD_DEADLINE_SECONDS = 5.0
 
@@ -92,6 +92,7 @@ async def redis_kill(
         await asyncio.to_thread(redis.kill)
         window["killed"] = time.monotonic()  # dead and reaped
         await asyncio.sleep(down_seconds)
+        window["restarting"] = time.monotonic()  # Redis may answer from here on
         await _start(redis)
         window["back"] = time.monotonic()
 
@@ -114,7 +115,8 @@ async def redis_kill(
     outside = [
         a for a in ledger.answers if a.status == 503 and (a.started > back or a.ended < killing)
     ]
-    during = probe.statuses(after=killed, before=back)
+    # Down for sure: from its death until its restart began (not until the harness saw it back).
+    during = probe.statuses(after=killed, before=window["restarting"])
     after = probe.statuses(after=back)
     figures.extra = {
         "redis_down_s": round(back - killing, 2),

@@ -1,4 +1,5 @@
-"""The processes a fault scenario breaks: its own redis-server and the real `vod-webhook serve`."""
+"""The processes the benchmarks and fault scenarios run: their own redis-server, the real
+`vod-webhook serve`, any other server command, and the CPU time and memory of a process tree."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
 
@@ -22,8 +25,8 @@ AUTH_KEY = "FaultSuite1234Key5678"
 START_SECONDS = 30
 
 
-class FaultSetupError(RuntimeError):
-    """A process of the scenario did not come up: the run proves nothing."""
+class SetupError(RuntimeError):
+    """A process of the run did not come up or broke: the run proves nothing."""
 
 
 def free_port() -> int:
@@ -37,7 +40,7 @@ def _poll(ready: Callable[[], bool], what: str, timeout: float = START_SECONDS) 
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
-            raise FaultSetupError(f"{what} did not come up within {timeout:.0f} s")
+            raise SetupError(f"{what} did not come up within {timeout:.0f} s")
         time.sleep(0.02)
 
 
@@ -58,7 +61,7 @@ class RedisProcess:
     def start(self) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
-            raise FaultSetupError("redis-server is not installed; `make faults` installs it")
+            raise SetupError("redis-server is not installed; `make faults` installs it")
         persistence = (
             ["--appendonly", "yes", "--appendfsync", "always"]
             if self.aof
@@ -96,12 +99,30 @@ class RedisProcess:
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True, socket_timeout=10)
 
+    def __enter__(self) -> RedisProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
 
 class Receiver:
     """`vod-webhook serve` on a fixed loopback port, logging JSON lines to a file."""
 
-    def __init__(self, redis_url: str, log: Path, *, port: int | None = None, **settings: str):
+    def __init__(
+        self,
+        redis_url: str,
+        log: Path,
+        *,
+        port: int | None = None,
+        workers: int = 1,
+        **settings: str,
+    ):
         self.port = port or free_port()
+        self.workers = workers
         self.base = f"http://127.0.0.1:{self.port}"
         self.callback_url = f"{self.base}/callbacks/vod"
         self.log = log
@@ -126,7 +147,7 @@ class Receiver:
     def start(self, *, wait_ready: bool = True) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [COMMAND, "serve", "--port", str(self.port)],
+                [COMMAND, "serve", "--port", str(self.port), "--workers", str(self.workers)],
                 env=self.env,
                 stdout=log,
                 stderr=log,
@@ -136,7 +157,7 @@ class Receiver:
 
     def _get(self, path: str) -> int | None:
         if self.process is not None and self.process.poll() is not None:
-            raise FaultSetupError(
+            raise SetupError(
                 f"vod-webhook serve exited with {self.process.returncode}; see {self.log}"
             )
         try:
@@ -179,3 +200,66 @@ class Receiver:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+@contextmanager
+def started(args: list[str], probe: str, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A server command, once `probe` answers; stopped on exit. Its output goes to a file (a
+    pipe nobody reads would block it), shown if it exits early."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(args, env=env, stdout=output, stderr=output)
+
+        def up() -> bool:
+            if process.poll() is not None:
+                output.seek(0)
+                text = output.read().decode(errors="replace")[-2000:]
+                raise SetupError(f"{args[:3]} exited with {process.returncode}:\n{text}")
+            try:
+                return httpx.get(probe, timeout=1).status_code < 500
+            except httpx.HTTPError:
+                return False
+
+        try:
+            _poll(up, probe)
+            yield process
+        finally:
+            process.terminate()
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its live descendants (a `--workers` supervisor and its workers)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(stat.parent.name)] = int(fields[1])
+    tree = [pid]
+    for parent in tree:  # grows while walked: breadth first
+        tree.extend(child for child, its_parent in parents.items() if its_parent == parent)
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the live processes `pids` have used (every thread included)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
