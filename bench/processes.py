@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import httpx
 import redis
@@ -44,7 +45,42 @@ def _poll(ready: Callable[[], bool], what: str, timeout: float = START_SECONDS) 
         time.sleep(0.02)
 
 
-class RedisProcess:
+class _Server:
+    """A server subprocess that `start` launches; killed or stopped, and a context manager."""
+
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no last save."""
+        if self.process is not None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(10)
+            self.process = None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+            self.process = None
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class RedisProcess(_Server):
     """redis-server on a fixed loopback port with its data in `directory`.
 
     With `aof` every write is fsynced to the append-only file before Redis answers it
@@ -83,33 +119,11 @@ class RedisProcess:
         finally:
             client.close()
 
-    def kill(self) -> None:
-        """SIGKILL: no shutdown, no last save."""
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            self.process.wait(10)
-            self.process = None
-
     def client(self) -> redis.Redis:
         return redis.Redis(port=self.port, decode_responses=True, socket_timeout=10)
 
-    def __enter__(self) -> RedisProcess:
-        self.start()
-        return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
-
-
-class Receiver:
+class Receiver(_Server):
     """`vod-webhook serve` on a fixed loopback port, logging JSON lines to a file."""
 
     def __init__(
@@ -171,35 +185,10 @@ class Receiver:
     def listening(self) -> bool:
         return self._get("/healthz") == 200
 
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.send_signal(signal.SIGKILL)
-            self.process.wait(10)
-            self.process = None
-
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-            self.process = None
-
     def tracebacks(self) -> int:
         """Log lines carrying a traceback (an unexpected exception in the receiver)."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return sum(1 for line in text.splitlines() if "Traceback" in line)
-
-    def __enter__(self) -> Receiver:
-        self.start()
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 @contextmanager
