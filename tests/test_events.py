@@ -278,3 +278,10 @@ def test_what_vod_sends_stays_accepted() -> None:
     assert parse_callback(event(DynamicImageJobInfo=info), NOW).result is not None
     failed = parse_callback(event(Status="fail", DynamicImageJobInfo=None), NOW)
     assert failed.error is not None
+
+
+def test_a_number_too_large_for_a_float_is_named_not_stored_as_null() -> None:
+    body = b'{"EventType": "FileUploadComplete", "Size": [1, {"Bytes": -1e400}]}'
+    error = rejected(body)
+    assert error.code == "invalid_event"
+    assert error.detail == "Size.1.Bytes: must be a finite number"

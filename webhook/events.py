@@ -221,6 +221,24 @@ class Envelope(BaseModel):
         return hashlib.sha256(f"{self.event_type}\n{canonical}".encode()).hexdigest()
 
 
+def _infinite_number(value: object, where: str = "") -> str | None:
+    """Where in `value` a number too large for a float is (`Size.1.Bytes`), if anywhere."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return where or "body"
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for key, item in items:
+        found = _infinite_number(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def parse_callback(body: bytes, received_at: datetime) -> Envelope:
     """Validate a callback body. Unfamiliar event types are accepted as they are."""
     try:
@@ -229,6 +247,10 @@ def parse_callback(body: bytes, received_at: datetime) -> Envelope:
         raise PayloadError(f"body is not valid JSON: {exc}", "invalid_json") from None
     if not isinstance(data, dict):
         raise PayloadError("body must be a JSON object")
+    where = _infinite_number(data)
+    if where is not None:
+        # 1e400 parses as infinity, which the envelope could only carry as null.
+        raise PayloadError(f"{where}: must be a finite number")
     event_type = data.get("EventType")
     if not isinstance(event_type, str) or not event_type:
         raise PayloadError("EventType: a non-empty string is required")
