@@ -271,45 +271,40 @@ async def _all_done(world: World) -> bool:
     return all(job["status"] != "running" for job in await world.emulator_jobs())
 
 
-def vod_killing_redis_once_accepted(world: World, store: Store, redis: RedisServer) -> Vod:
-    """A Vod whose Redis dies right after VOD accepts each job, before it can be recorded."""
+@pytest.fixture
+async def submitter_losing_redis(
+    start_world: StartWorld, make_settings: Callable[..., Settings], own_redis: RedisServer
+) -> AsyncIterator[tuple[World, Submitter]]:
+    """A submitter whose Redis dies right after VOD accepts each job, before it can be recorded."""
+    world = await start_world()
+    store = Store.from_settings(make_settings(redis_url=own_redis.url, redis_timeout_seconds=1))
 
     class RedisDiesMeanwhile(Vod):
         async def submit_dynamic_image_job(self, *args: Any) -> tuple[str, str]:
             answer = await super().submit_dynamic_image_job(*args)
-            redis.stop()
+            own_redis.stop()
             return answer
 
-    return RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
+    vod = RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
+    yield world, Submitter(vod, store)
+    await store.close()
 
 
 async def test_a_job_vod_accepted_is_named_when_it_cannot_be_recorded(
-    start_world: StartWorld,
-    make_settings: Callable[..., Settings],
-    own_redis: RedisServer,
+    submitter_losing_redis: tuple[World, Submitter],
 ) -> None:
-    world = await start_world()
-    store = Store.from_settings(make_settings(redis_url=own_redis.url, redis_timeout_seconds=1))
-
-    vod = vod_killing_redis_once_accepted(world, store, own_redis)
+    world, submitter = submitter_losing_redis
     with pytest.raises(StoreUnavailable) as caught:
-        await Submitter(vod, store).submit(JobSpec(video_id="v", template_id="t"))
-    await store.close()
+        await submitter.submit(JobSpec(video_id="v", template_id="t"))
     [job] = await world.emulator_jobs()
     assert f"job {job['job_id']} was submitted" in caught.value.detail
 
 
 async def test_a_batch_line_vod_accepted_is_reported_with_its_job_when_redis_dies(
-    start_world: StartWorld,
-    make_settings: Callable[..., Settings],
-    own_redis: RedisServer,
+    submitter_losing_redis: tuple[World, Submitter],
 ) -> None:
-    world = await start_world()
-    store = Store.from_settings(make_settings(redis_url=own_redis.url, redis_timeout_seconds=1))
-
-    vod = vod_killing_redis_once_accepted(world, store, own_redis)
-    summary = await Submitter(vod, store).submit_batch(['{"video_id": "v", "template_id": "t"}'])
-    await store.close()
+    world, submitter = submitter_losing_redis
+    summary = await submitter.submit_batch(['{"video_id": "v", "template_id": "t"}'])
     [job] = await world.emulator_jobs()
     [result] = summary.results
     assert (result.status, result.job_id) == ("submitted", job["job_id"])

@@ -56,11 +56,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
     auth_keys = [key.get_secret_value() for key in settings.auth_keys]
     store = Store.from_settings(settings)
     # Built now so missing credentials stop start-up rather than the first pass.
-    vod = (
-        Vod.from_settings(settings, store.redis)
-        if settings.reconcile or settings.verify_outcomes
-        else None
-    )
+    vod = Vod.from_settings(settings, store.redis) if settings.calls_vod else None
     feed = (
         StreamFeed(
             store.redis,
@@ -103,19 +99,11 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
                 duration_ms=_ms_since(started),
             )
             raise
-        log.info(
-            "callback_duplicate"
-            if recorded.duplicate
-            else "callback_held"
-            if hold
-            else "callback_accepted",
-            id=recorded.id,
-            status=200,
-            duration_ms=_ms_since(started),
-        )
+        outcome = "duplicate" if recorded.duplicate else "held" if hold else "accepted"
+        log.info(f"callback_{outcome}", id=recorded.id, status=200, duration_ms=_ms_since(started))
         return _json_response(
             {
-                "status": "duplicate" if recorded.duplicate else "held" if hold else "accepted",
+                "status": outcome,
                 "duplicate": recorded.duplicate,
                 "id": recorded.id,
                 "event_type": envelope.event_type,

@@ -51,7 +51,7 @@ def server_config(settings: Settings, *, host: str, port: int, workers: int) -> 
 
 def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     check_receiver_settings(settings)
-    if settings.reconcile or settings.verify_outcomes:
+    if settings.calls_vod:
         Vod.sdk_client(settings)  # missing credentials stop start-up here, with exit code 2
     configure_logging(settings)
     embedded = None

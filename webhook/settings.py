@@ -223,6 +223,11 @@ class Settings(BaseSettings):
         description="`json` lines, human `console` output, or `auto` (console on a TTY).",
     )
 
+    @property
+    def calls_vod(self) -> bool:
+        """Whether `serve` calls VOD's API (and so needs credentials): to reconcile or verify."""
+        return self.reconcile or self.verify_outcomes
+
     @field_validator("auth_keys", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
