@@ -85,10 +85,8 @@ async def test_a_failure_on_an_entry_a_peer_acknowledged_meanwhile_is_not_dead_l
     assert await redis_client.xlen("vod:deadletter") == 0
 
 
-async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(redis_client: Redis) -> None:
-    await redis_client.xadd("vod:stream", {"envelope": "not json"})
-    await redis_client.xadd("vod:stream", {"something": "else"})
-    await vod_store(redis_client).record(job_event("good"))
+async def consume_until_first(redis: Redis) -> list[str | None]:
+    """Consume as "a" of group "g" until one envelope is handled: the job ids handled."""
     handled: list[str | None] = []
     stop = asyncio.Event()
 
@@ -97,7 +95,15 @@ async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(redis_clien
         stop.set()
 
     async with asyncio.timeout(10):
-        await consume(redis_client, "g", "a", handle, options=FAST, stop=stop)
+        await consume(redis, "g", "a", handle, options=FAST, stop=stop)
+    return handled
+
+
+async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(redis_client: Redis) -> None:
+    await redis_client.xadd("vod:stream", {"envelope": "not json"})
+    await redis_client.xadd("vod:stream", {"something": "else"})
+    await vod_store(redis_client).record(job_event("good"))
+    handled = await consume_until_first(redis_client)
     dead = await dead_letters(redis_client, 2)
     assert handled == ["good"]
     assert [d["deliveries"] for d in dead] == ["1", "1"]
@@ -116,15 +122,7 @@ async def test_stop_takes_effect_after_the_entry_in_hand(
     if given_before:  # delivered to "a" by an earlier run that never acknowledged them
         await redis_client.xgroup_create("vod:stream", "g", id="0")
         await redis_client.xreadgroup("g", "a", {"vod:stream": ">"})
-    handled: list[str | None] = []
-    stop = asyncio.Event()
-
-    async def handle_one(envelope: Envelope) -> None:
-        handled.append(envelope.job_id)
-        stop.set()
-
-    async with asyncio.timeout(10):
-        await consume(redis_client, "g", "a", handle_one, options=FAST, stop=stop)
+    handled = await consume_until_first(redis_client)
     assert handled == ["j0"]
     pending = await redis_client.xpending_range("vod:stream", "g", min="-", max="+", count=10)
     assert [p["consumer"] for p in pending] == ["a"] * 4

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import Receive, Scope, Send
 
-from webhook.client import stream_position
+from webhook.client import matches, stream_position
 from webhook.errors import BadRequest, NotFound, TooManyStreams, Unauthorized
 from webhook.feed import Ended, Entry, StreamFeed, Subscription, history
 from webhook.settings import Settings
@@ -61,7 +61,7 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
             if event_type is None and job_id is None:
                 return True  # sent as stored, without reading it
             route = entry.route()  # None: not an envelope, skipped (and logged once)
-            return route is not None and route.matches(event_type=event_type, job_id=job_id)
+            return route is not None and matches(route, event_type=event_type, job_id=job_id)
 
         async def stream(live: Subscription) -> AsyncIterator[bytes]:
             # Live entries queue up while history is replayed, so the hand-over loses nothing.
@@ -83,7 +83,7 @@ def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[
                 # One write for up to WRITE_BYTES of events, each encoded once for all clients.
                 chunk = [entry.sse for entry in batch if entry.order > last and wanted(entry)]
                 if chunk:
-                    yield chunk[0] if len(chunk) == 1 else b"".join(chunk)
+                    yield b"".join(chunk)  # one item: joined without a copy
 
         return _FeedResponse(feed, stream, settings.sse_heartbeat_seconds)
 

@@ -306,7 +306,7 @@ async def listen(settings: Settings, args: argparse.Namespace) -> int:
                 async for envelope in subscribe(store.redis, channel, on_subscribed=announce):
                     await show(envelope)
         except (RedisError, OSError) as exc:
-            return _fail(f"Redis at {_safe_url(url)} is unavailable{_hint(settings)}: {exc}")
+            return _fail(_redis_unavailable(settings, exc))
     return 0
 
 
@@ -411,15 +411,11 @@ async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError) as exc:
         return _fail(f"cannot read {args.from_file}: {exc}", EXIT_USAGE)
     total = sum(1 for line in lines if line.strip())
-    url = redis_url_of(settings)
     async with _store(settings) as store:
         try:
             await store.redis.ping()  # one clear error rather than one per line
         except (RedisError, OSError) as exc:
-            return _fail(
-                f"Redis at {_safe_url(url)} is unavailable{_hint(settings)}: {exc}; "
-                "nothing was submitted"
-            )
+            return _fail(f"{_redis_unavailable(settings, exc)}; nothing was submitted")
         from tqdm import tqdm
 
         submitter = Submitter(Vod.from_settings(settings, store.redis), store)
@@ -587,8 +583,9 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
     return code
 
 
-def _hint(settings: Settings) -> str:
-    return "" if settings.redis_url else " (the embedded store runs inside `vod-webhook serve`)"
+def _redis_unavailable(settings: Settings, error: Exception) -> str:
+    hint = "" if settings.redis_url else " (the embedded store runs inside `vod-webhook serve`)"
+    return f"Redis at {_safe_url(redis_url_of(settings))} is unavailable{hint}: {error}"
 
 
 def _safe_url(url: str) -> str:

@@ -17,7 +17,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import structlog
 from pydantic import ValidationError
@@ -61,7 +61,17 @@ def channel_for(keys: Keys, *, event_type: str | None = None, job_id: str | None
     return keys.events_channel
 
 
-def matches(envelope: Envelope, *, event_type: str | None, job_id: str | None) -> bool:
+class Routed(Protocol):
+    """What the type and job filters look at: an Envelope, or the feed's lenient reading."""
+
+    @property
+    def event_type(self) -> str: ...
+
+    @property
+    def job_id(self) -> str | None: ...
+
+
+def matches(envelope: Routed, *, event_type: str | None, job_id: str | None) -> bool:
     return (event_type is None or envelope.event_type == event_type) and (
         job_id is None or envelope.job_id == job_id
     )

@@ -40,11 +40,6 @@ class Route(BaseModel):
     event_type: str
     job_id: str | None = None
 
-    def matches(self, *, event_type: str | None, job_id: str | None) -> bool:
-        return (event_type is None or self.event_type == event_type) and (
-            job_id is None or self.job_id == job_id
-        )
-
 
 class Entry:
     """One stream entry, shared by every connection: encoded, and routed, at most once."""

@@ -134,17 +134,19 @@ class Verifier:
                 for fingerprint in fingerprints:
                     pipe.hmget(keys.held(fingerprint), "envelope", "attempts")
                 rows = await pipe.execute()
-        held = []
+        held, gone = [], []
         for fingerprint, (body, attempts) in zip(fingerprints, rows, strict=True):
             try:
                 envelope = Envelope.model_validate_json(body) if body is not None else None
             except ValidationError:
                 envelope = None
             if envelope is None:  # resolved, expired, or not ours to read: nothing to check
-                with unavailable():
-                    await redis.zrem(keys.verify_queue, fingerprint)
-                continue
-            held.append(_Held(fingerprint, envelope, int(attempts or 0)))
+                gone.append(fingerprint)
+            else:
+                held.append(_Held(fingerprint, envelope, int(attempts or 0)))
+        if gone:
+            with unavailable():
+                await redis.zrem(keys.verify_queue, *gone)
         return held
 
     async def _decide(
