@@ -9,7 +9,6 @@ import hashlib
 import json
 import math
 import re
-import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -63,8 +62,12 @@ def _finite(value: int | float | None) -> int | float | None:
     return value
 
 
+# Unicode's control characters (category Cc), as a regex: a search is ~50x faster than a loop.
+_CONTROL_CHARACTER = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
 def _has_no_control_characters(value: str) -> str:
-    if any(unicodedata.category(char) == "Cc" for char in value):
+    if _CONTROL_CHARACTER.search(value):
         raise ValueError("must not contain control characters")
     return value
 

@@ -48,6 +48,7 @@ from redis.exceptions import (
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from webhook.autopipeline import AutoPipeline
 from webhook.errors import StoreUnavailable
 from webhook.events import DYNAMIC_IMAGE_COMPLETE, Envelope
 from webhook.settings import Settings, redis_url_of
@@ -159,6 +160,9 @@ class Store:
         max_held: int = 10_000,
     ) -> None:
         self.redis = redis
+        # The scripts (the callback's one round trip among them) share one pipelined connection;
+        # reads, pub/sub and blocking calls use redis's pool.
+        self._scripts = AutoPipeline(redis, default_timeout=call_deadline_seconds)
         self.keys = Keys(prefix)
         self._stream_maxlen = stream_maxlen
         self._dedup_ttl = dedup_ttl_seconds
@@ -179,6 +183,7 @@ class Store:
         )
 
     async def close(self) -> None:
+        await self._scripts.aclose()
         await self.redis.aclose()
 
     async def ensure_ready(self) -> None:
@@ -355,7 +360,12 @@ class Store:
             # Waiting for a pooled connection, the command, and a retry on a fresh connection
             # together could outlast VOD's 5 s: the whole call has one deadline.
             async with asyncio.timeout(self._call_deadline):
-                return await script(keys=keys, args=args)
+                command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+                try:
+                    return await self._scripts.execute(*command)
+                except NoScriptError:  # Redis restarted, or SCRIPT FLUSH
+                    await self.redis.script_load(script.script)
+                    return await self._scripts.execute(*command)
 
 
 class UnsupportedRedis(StoreUnavailable):
