@@ -3,8 +3,8 @@ settings of `vod-webhook serve` (uvloop, httptools with the project's client lim
 
 - bare: Starlette reading the body and answering a small JSON, the HTTP stack alone;
 - evalsha: the same plus one EVALSHA of the project's record_event script (a new job each
-  time) through redis.asyncio with its default pool, the ceiling of a receiver that records
-  every callback in one round trip.
+  time) on the project's auto-pipelined connection (webhook/autopipeline.py), the ceiling of
+  a receiver that records every callback in one round trip.
 
     python -m bench.apps bare|evalsha PORT [REDIS_URL]
 """
@@ -24,6 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from webhook.autopipeline import AutoPipeline
 from webhook.events import parse_callback
 from webhook.sender import sample_dynamic_image_event
 from webhook.server import server_config
@@ -57,19 +58,22 @@ def evalsha(redis_url: str) -> Starlette:
     # What the receiver sends for a callback, built once: the same Redis work per request.
     sample = json.dumps(sample_dynamic_image_event()).encode()
     keys, args = store.record_arguments(parse_callback(sample, datetime.now(UTC)))
-    record_event = redis.register_script(script_source("record_event"))
+    sha = redis.register_script(script_source("record_event")).sha
+    pipeline = AutoPipeline(redis, default_timeout=2)
 
     async def accept(request: Request) -> Response:
         job_id = json.loads(await request.body())["JobId"]
-        created, entry_id = await record_event(  # a new job each time
-            keys=[store.keys.job(job_id), *keys[1:]], args=[args[0], job_id, *args[2:]]
+        created, entry_id = await pipeline.execute(  # a new job each time
+            "EVALSHA", sha, len(keys), store.keys.job(job_id), *keys[1:], args[0], job_id, *args[2:]
         )
         status = "accepted" if created else "duplicate"
         return JSONResponse({"status": status, "id": entry_id})
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await redis.script_load(script_source("record_event"))
         yield
+        await pipeline.aclose()
         await redis.aclose()
 
     routes = [Route(PATH, accept, methods=["POST"]), Route("/healthz", healthz)]

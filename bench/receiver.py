@@ -18,6 +18,7 @@ is a measurement), a broken setup (errors, non-2xx answers, a server down) does.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
 import json
 import os
@@ -25,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
@@ -34,6 +36,7 @@ from typing import Any
 
 import httpx
 import redis
+from redis.asyncio import Redis
 
 from bench import load
 from bench.processes import (
@@ -46,11 +49,16 @@ from bench.processes import (
     rss_bytes,
     started,
 )
+from webhook.sender import sample_dynamic_image_event, signed_headers
+from webhook.settings import Settings
 from webhook.signature import sign
+from webhook.store import Store
+from webhook.submitter import JobSpec
 
 CONNECTIONS = 32
 RATE = 1000  # callbacks/s for the subscriber latency
 SAMPLE = 200  # keys whose MEMORY USAGE is taken
+SUBMITTED = "s-"  # JobIds of the jobs with a recorded submission (the others are hex)
 NAMES = {
     "bare": "bare Starlette",
     "evalsha": "one EVALSHA",
@@ -119,10 +127,11 @@ def memory_usage(client: redis.Redis, pattern: str) -> float:
     return statistics.median(int(client.memory_usage(key, samples=0) or 0) for key in keys)
 
 
-def job_record_usage(client: redis.Redis) -> float:
+def job_record_usage(client: redis.Redis, job_ids: str = "*") -> float:
     """Median MEMORY USAGE of a finished job's record: its hash and the keys beside it (its
-    envelope, and a submission not yet carried by an envelope)."""
-    envelopes = list(itertools.islice(client.scan_iter("vod:job:*:envelope", count=1000), SAMPLE))
+    envelope, and a submission not yet carried by an envelope), of jobs matching `job_ids`."""
+    pattern = f"vod:job:{job_ids}:envelope"
+    envelopes = list(itertools.islice(client.scan_iter(pattern, count=1000), SAMPLE))
     if not envelopes:
         raise SetupError("no job record found")
     sizes = []
@@ -167,11 +176,47 @@ def subscriber_latency(callback_url: str, redis: RedisProcess, seconds: float) -
     }
 
 
-def redis_memory(client: redis.Redis, callback_url: str) -> dict[str, float]:
+def submitted_jobs(redis_url: str, callback_url: str, count: int) -> None:
+    """Jobs as the submitter leaves them, their submissions recorded through the library (as
+    `vod-webhook submit` does), then finished by their callbacks."""
+    job_ids = [SUBMITTED + uuid.uuid4().hex[len(SUBMITTED) :] for _ in range(count)]
+    spec = JobSpec(video_id="send-test-video", template_id=uuid.uuid4().hex)
+
+    async def record() -> None:
+        settings = Settings()
+        store = Store(
+            Redis.from_url(redis_url, decode_responses=True),
+            prefix=settings.key_prefix,
+            stream_maxlen=settings.stream_maxlen,
+            dedup_ttl_seconds=settings.dedup_ttl_seconds,
+        )
+        try:
+            for job_id in job_ids:
+                # VOD's RequestId is an upper-case UUID.
+                now = datetime.now(UTC)
+                submission = spec.submission(str(uuid.uuid4()).upper(), now)
+                await store.record_submission(job_id, spec.video_id, submission, now)
+        finally:
+            await store.close()
+
+    asyncio.run(record())
+    with httpx.Client(timeout=5) as client:
+        for job_id in job_ids:
+            headers = signed_headers(callback_url, AUTH_KEY)
+            answer = client.post(
+                callback_url, json=sample_dynamic_image_event(job_id), headers=headers
+            )
+            if answer.status_code != 200:
+                raise SetupError(f"a callback got {answer.status_code}: {answer.text}")
+
+
+def redis_memory(client: redis.Redis, redis_url: str, callback_url: str) -> dict[str, float]:
     post_events(callback_url, SAMPLE)
+    submitted_jobs(redis_url, callback_url, SAMPLE)
     stream_bytes = int(client.memory_usage("vod:stream", samples=0) or 0)
     return {
-        "job_record_bytes": job_record_usage(client),
+        "job_record_bytes": job_record_usage(client, "[^" + SUBMITTED[0] + "]*"),
+        "submitted_job_record_bytes": job_record_usage(client, f"{SUBMITTED}*"),
         "dedup_marker_bytes": memory_usage(client, "vod:seen:*"),
         "stream_entry_bytes": stream_bytes / max(1, client.xlen("vod:stream")),
     }
@@ -209,7 +254,7 @@ def measure(seconds: float, rounds: int, folder: Path) -> dict[str, Any]:
         }
         client.flushall()
         latency = subscriber_latency(servers["receiver"][0], store, seconds)
-        memory = redis_memory(client, servers["receiver"][0])
+        memory = redis_memory(client, store.url, servers["receiver"][0])
     medians = {name: median(runs) for name, runs in results.items()}
     paired = list(zip(results["receiver"], results["bare"], results["evalsha"], strict=True))
     return {
@@ -241,6 +286,12 @@ def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
         ("p99 at 32 connections, ms", "<=", 10.0, report["medians"]["receiver"]["p99_ms"]),
         ("callback → subscriber p99 at 1,000/s, ms", "<=", 5.0, report["subscriber"]["p99_ms"]),
         ("Redis bytes per job record", "<=", 1536, report["redis_memory"]["job_record_bytes"]),
+        (
+            "  the same, a job submitted by vod-webhook",
+            "<=",
+            1536,
+            report["redis_memory"]["submitted_job_record_bytes"],
+        ),
         ("Redis bytes per dedup marker", "<=", 150, report["redis_memory"]["dedup_marker_bytes"]),
     ]
     return [
@@ -287,7 +338,8 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  (the receiver did not keep up with {s['rate']}/s here: that latency is queueing)")
     mem, rss = report["redis_memory"], report["rss"]
     print(
-        f"Redis MEMORY USAGE: job record {mem['job_record_bytes']:.0f} B, dedup marker "
+        f"Redis MEMORY USAGE: job record {mem['job_record_bytes']:.0f} B (with its submission "
+        f"{mem['submitted_job_record_bytes']:.0f} B), dedup marker "
         f"{mem['dedup_marker_bytes']:.0f} B, stream entry {mem['stream_entry_bytes']:.0f} B"
     )
     workers = ", ".join(f"{mib:.0f}" for mib in rss["receiver_2_mib"])

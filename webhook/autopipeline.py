@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import hiredis
 import structlog
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
@@ -43,7 +44,7 @@ class AutoPipeline:
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def execute(self, *args: Any) -> Any:
+    async def execute(self, *args: str | bytes | int | float) -> Any:
         """The reply to command `args`; raises its ResponseError, or the batch's RedisError.
 
         A command that failed with the connection (it died, as every one does when Redis
@@ -91,7 +92,8 @@ class AutoPipeline:
             async with asyncio.timeout(self._timeout):
                 if not connection.is_connected:
                     await connection.connect()  # type: ignore[no-untyped-call]
-                packed = connection.pack_commands(args for args, _ in batch)
+                # hiredis packs in C, ~6x faster than redis-py's Python packer.
+                packed = b"".join([hiredis.pack_command(args) for args, _ in batch])
                 await connection.send_packed_command(packed, check_health=False)
                 for _, future in batch:
                     try:

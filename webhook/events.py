@@ -40,7 +40,7 @@ def parse_event_time(value: object) -> datetime:
     match = _EVENT_TIME.fullmatch(value) if isinstance(value, str) else None
     if match is None:
         raise ValueError("expected UTC time as yyyy-MM-ddTHH:mm:ssZ (optionally :SSS before Z)")
-    year, month, day, hour, minute, second = (int(part) for part in match.groups()[:6])
+    year, month, day, hour, minute, second = map(int, match.groups()[:6])
     micros = int((match.group(7) or "0").ljust(6, "0"))
     return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
 

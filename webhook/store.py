@@ -1,8 +1,8 @@
 """The Redis layout and the atomic scripts every change of state goes through.
 
 Layout (prefix configurable):
-  {prefix}:job:{JobId}          hash: status, video_id, short result fields, error code,
-                                timestamps, envelope_id (only short values: a compact listpack)
+  {prefix}:job:{JobId}          hash: status, video_id, verified, submitted_ms, completed_ms,
+                                correlated, envelope_id (only short values: a compact listpack)
   {prefix}:job:{JobId}:envelope the outcome's envelope (result, error and submission in full)
   {prefix}:job:{JobId}:submission  what was submitted, until an outcome that is no guess
   {prefix}:pending              sorted set: submitted jobs without an outcome, by submission time
@@ -419,8 +419,6 @@ def _job_fields(envelope: Envelope) -> list[str]:
     values: dict[str, object] = {
         "status": envelope.status,
         "video_id": envelope.video_id,
-        "source": envelope.source,
-        "received_at": envelope.received_at.isoformat(),
         "verified": None if envelope.verified is None else str(envelope.verified).lower(),
     }
     present = {key: str(value) for key, value in values.items() if value is not None}
@@ -430,6 +428,8 @@ def _job_fields(envelope: Envelope) -> list[str]:
 def _outcome_fields(envelope: Envelope) -> dict[str, str]:
     """The fields of the job record that come from its outcome's envelope."""
     values: dict[str, object] = {
+        "source": envelope.source,
+        "received_at": envelope.received_at.isoformat(),
         "event_time": envelope.event_time.isoformat() if envelope.event_time else None,
     }
     if envelope.result is not None:

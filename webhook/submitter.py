@@ -42,6 +42,17 @@ class JobSpec(BaseModel):
         except InvalidOverrides as exc:
             raise ValueError(str(exc)) from None
 
+    def submission(self, request_id: str, submitted_at: datetime) -> dict[str, Any]:
+        """What the job record keeps of this job's submission (its envelope's `submission`)."""
+        return {
+            "video_id": self.video_id,
+            "template_id": self.template_id,
+            "override_params": self.override_params,
+            "tags": self.tags,
+            "request_id": request_id,
+            "submitted_at": submitted_at.isoformat().replace("+00:00", "Z"),
+        }
+
     def fingerprint(self) -> str:
         """Identity of a batch line's content, so a re-run does not submit it again."""
         canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
@@ -105,14 +116,7 @@ class Submitter:
             spec.video_id, spec.template_id, overrides
         )
         submitted_at = datetime.now(UTC)
-        submission = {
-            "video_id": spec.video_id,
-            "template_id": spec.template_id,
-            "override_params": spec.override_params,
-            "tags": spec.tags,
-            "request_id": request_id,
-            "submitted_at": submitted_at.isoformat().replace("+00:00", "Z"),
-        }
+        submission = spec.submission(request_id, submitted_at)
         try:
             await self.store.record_submission(job_id, spec.video_id, submission, submitted_at)
         except StoreUnavailable as exc:
