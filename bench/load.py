@@ -185,15 +185,17 @@ def python_round(
 
 def paced(callback_url: str, auth_key: str, *, rate: int, seconds: float) -> subprocess.Popen[str]:
     """Start sending `rate` callbacks/s for `seconds` in another process; its stdout ends with
-    one JSON line of figures (see `send`). JobIds carry when each request was due (µs)."""
+    one JSON line of figures (see `send`). JobIds carry when each request was due and when it
+    was sent (µs): the sender's own lateness, on a busy box, is told apart."""
     command = [sys.executable, "-m", "bench.load", callback_url, auth_key,
                "--seconds", str(seconds), "--connections", "16", "--rate", str(rate)]  # fmt: skip
     return subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
 
 
-def due_of(job_id: str) -> float:
-    """When a paced request was due, as Unix time, from its JobId."""
-    return int(job_id.rsplit("-", 1)[1]) / 1e6
+def due_and_sent(job_id: str) -> tuple[float, float]:
+    """When a paced request was due and when it was sent, as Unix time, from its JobId."""
+    due, sent = job_id.rsplit("-", 2)[1:]
+    return int(due) / 1e6, int(sent) / 1e6
 
 
 async def send(
@@ -230,7 +232,8 @@ async def send(
                 if rate:
                     due = start + i / rate
                     await asyncio.sleep(max(0.0, due - loop.time()))
-                    job_id = f"{run}-{i}-{int((wall_start + i / rate) * 1e6)}"
+                    due_us, sent_us = int((wall_start + i / rate) * 1e6), int(time.time() * 1e6)
+                    job_id = f"{run}-{i}-{due_us}-{sent_us}"
                 else:
                     if loop.time() > start + seconds:
                         return

@@ -58,7 +58,6 @@ from webhook.submitter import JobSpec
 CONNECTIONS = 32
 RATE = 1000  # callbacks/s for the subscriber latency
 SAMPLE = 200  # keys whose MEMORY USAGE is taken
-SUBMITTED = "s-"  # JobIds of the jobs with a recorded submission (the others are hex)
 NAMES = {
     "bare": "bare Starlette",
     "evalsha": "one EVALSHA",
@@ -127,19 +126,14 @@ def memory_usage(client: redis.Redis, pattern: str) -> float:
     return statistics.median(int(client.memory_usage(key, samples=0) or 0) for key in keys)
 
 
-def job_record_usage(client: redis.Redis, job_ids: str = "*") -> float:
+def job_record_usage(client: redis.Redis, job_ids: list[str]) -> float:
     """Median MEMORY USAGE of a finished job's record: its hash and the keys beside it (its
-    envelope, and a submission not yet carried by an envelope), of jobs matching `job_ids`."""
-    pattern = f"vod:job:{job_ids}:envelope"
-    envelopes = list(itertools.islice(client.scan_iter(pattern, count=1000), SAMPLE))
-    if not envelopes:
-        raise SetupError("no job record found")
-    sizes = []
-    for envelope in envelopes:
-        job = str(envelope).removesuffix(":envelope")
-        parts = (job, f"{job}:envelope", f"{job}:submission")
-        sizes.append(sum(int(client.memory_usage(key, samples=0) or 0) for key in parts))
-    return statistics.median(sizes)
+    envelope, and a submission not yet carried by an envelope)."""
+    parts = ("", ":envelope", ":submission")
+    return statistics.median(
+        sum(int(client.memory_usage(f"vod:job:{job_id}{part}", samples=0) or 0) for part in parts)
+        for job_id in job_ids
+    )
 
 
 def subscriber_latency(callback_url: str, redis: RedisProcess, seconds: float) -> dict[str, Any]:
@@ -171,15 +165,17 @@ def subscriber_latency(callback_url: str, redis: RedisProcess, seconds: float) -
         "received": received["received"],
         "p50_ms": received["p50_ms"],
         "p99_ms": received["p99_ms"],
+        "due_p50_ms": received["due_p50_ms"],
+        "due_p99_ms": received["due_p99_ms"],
         "answer_p50_ms": sent["p50_us"] / 1000,
         "answer_p99_ms": sent["p99_us"] / 1000,
     }
 
 
-def submitted_jobs(redis_url: str, callback_url: str, count: int) -> None:
-    """Jobs as the submitter leaves them, their submissions recorded through the library (as
-    `vod-webhook submit` does), then finished by their callbacks."""
-    job_ids = [SUBMITTED + uuid.uuid4().hex[len(SUBMITTED) :] for _ in range(count)]
+def finished_jobs(redis_url: str, callback_url: str, *, submitted: bool) -> list[str]:
+    """SAMPLE jobs finished by their callbacks; `submitted`: recorded first through the library
+    as `vod-webhook submit` does. JobIds are 32 hex digits, as VOD's."""
+    job_ids = [uuid.uuid4().hex for _ in range(SAMPLE)]
     spec = JobSpec(video_id="send-test-video", template_id=uuid.uuid4().hex)
 
     async def record() -> None:
@@ -199,7 +195,8 @@ def submitted_jobs(redis_url: str, callback_url: str, count: int) -> None:
         finally:
             await store.close()
 
-    asyncio.run(record())
+    if submitted:
+        asyncio.run(record())
     with httpx.Client(timeout=5) as client:
         for job_id in job_ids:
             headers = signed_headers(callback_url, AUTH_KEY)
@@ -208,15 +205,18 @@ def submitted_jobs(redis_url: str, callback_url: str, count: int) -> None:
             )
             if answer.status_code != 200:
                 raise SetupError(f"a callback got {answer.status_code}: {answer.text}")
+    return job_ids
 
 
 def redis_memory(client: redis.Redis, redis_url: str, callback_url: str) -> dict[str, float]:
+    client.flushall()
     post_events(callback_url, SAMPLE)
-    submitted_jobs(redis_url, callback_url, SAMPLE)
+    callback_only = finished_jobs(redis_url, callback_url, submitted=False)
+    submitted = finished_jobs(redis_url, callback_url, submitted=True)
     stream_bytes = int(client.memory_usage("vod:stream", samples=0) or 0)
     return {
-        "job_record_bytes": job_record_usage(client, "[^" + SUBMITTED[0] + "]*"),
-        "submitted_job_record_bytes": job_record_usage(client, f"{SUBMITTED}*"),
+        "job_record_bytes": job_record_usage(client, callback_only),
+        "submitted_job_record_bytes": job_record_usage(client, submitted),
         "dedup_marker_bytes": memory_usage(client, "vod:seen:*"),
         "stream_entry_bytes": stream_bytes / max(1, client.xlen("vod:stream")),
     }
@@ -331,8 +331,10 @@ def print_report(report: dict[str, Any]) -> None:
     s = report["subscriber"]
     print(
         f"callback → subscriber at {s['rate']}/s: p50 {s['p50_ms']:.2f} ms, p99 "
-        f"{s['p99_ms']:.2f} ms ({s['received']} of {s['sent']} received); answers p50 "
-        f"{s['answer_p50_ms']:.2f} ms, p99 {s['answer_p99_ms']:.2f} ms"
+        f"{s['p99_ms']:.2f} ms ({s['received']} of {s['sent']} received); from when each "
+        f"was due (the sender's lateness too) p50 {s['due_p50_ms']:.2f} ms, p99 "
+        f"{s['due_p99_ms']:.2f} ms; answers p50 {s['answer_p50_ms']:.2f} ms, p99 "
+        f"{s['answer_p99_ms']:.2f} ms"
     )
     if s["answer_p50_ms"] > 100:
         print(f"  (the receiver did not keep up with {s['rate']}/s here: that latency is queueing)")

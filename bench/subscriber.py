@@ -1,22 +1,22 @@
 """A subscriber on the receiver's pub/sub channel, in its own process: how long after a paced
-callback was due its envelope arrived (the due time is in the JobId, see bench/load.py).
+callback was sent its envelope arrived, and how long after it was due (the sender's own
+lateness included; both times are in the JobId, see bench/load.py).
 
     python -m bench.subscriber REDIS_URL CHANNEL COUNT
 
 Prints `subscribed` once listening, then one JSON line when COUNT envelopes arrived or none
-came for 10 s: received, p50_ms, p99_ms.
+came for 10 s: received, p50_ms and p99_ms (from sending), due_p50_ms and due_p99_ms.
 """
 
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 
 import redis
 
-from bench.load import due_of
+from bench.load import due_and_sent
 
 QUIET_SECONDS = 10
 
@@ -29,6 +29,7 @@ def main() -> None:
     pubsub.get_message(timeout=5)  # the subscription's confirmation
     print("subscribed", flush=True)
     latencies: list[float] = []
+    since_due: list[float] = []
     last = time.monotonic()
     while len(latencies) < count and time.monotonic() - last < QUIET_SECONDS:
         message = pubsub.get_message(timeout=1)
@@ -36,20 +37,30 @@ def main() -> None:
             continue
         arrived = time.time()
         last = time.monotonic()
-        latencies.append(arrived - due_of(json.loads(message["data"])["job_id"]))
+        due, sent = due_and_sent(json.loads(message["data"])["job_id"])
+        latencies.append(arrived - sent)
+        since_due.append(arrived - due)
     pubsub.close()
     client.close()
-    latencies.sort()
-    p99 = latencies[max(0, int(len(latencies) * 0.99) - 1)] if latencies else 0.0
     print(
         json.dumps(
             {
                 "received": len(latencies),
-                "p50_ms": statistics.median(latencies) * 1000 if latencies else 0.0,
-                "p99_ms": p99 * 1000,
+                "p50_ms": percentile(latencies, 50),
+                "p99_ms": percentile(latencies, 99),
+                "due_p50_ms": percentile(since_due, 50),
+                "due_p99_ms": percentile(since_due, 99),
             }
         )
     )
+
+
+def percentile(seconds: list[float], p: int) -> float:
+    """The p-th percentile, in ms (nearest rank)."""
+    if not seconds:
+        return 0.0
+    ordered = sorted(seconds)
+    return ordered[max(0, -(-len(ordered) * p // 100) - 1)] * 1000
 
 
 if __name__ == "__main__":
