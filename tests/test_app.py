@@ -271,7 +271,7 @@ async def test_every_callback_after_a_redis_restart_is_stored(
     assert all(r.json()["status"] == "accepted" for r in after)
 
 
-async def test_a_burst_waits_for_a_pooled_connection_rather_than_failing(
+async def test_a_burst_of_callbacks_is_stored_once_without_extra_connections(
     own_redis: RedisServer,
 ) -> None:
     # The real server in its own process: in this one, the test's client would eat the loop.
@@ -283,14 +283,15 @@ async def test_a_burst_waits_for_a_pooled_connection_rather_than_failing(
         async with httpx.AsyncClient(timeout=30, limits=limits) as many:
             responses = await asyncio.gather(*(post(many, base) for _ in range(1000)))
         admin = Redis.from_url(own_redis.url, decode_responses=True)
-        # The receiver never held more connections than allowed (the admin is one more).
+        # The scripts' one connection, the pool's (probes, the held-outcome drain) within its
+        # cap, and the admin's.
         connections = len(await admin.client_list())
         stored = await admin.xlen("vod:stream")
         await admin.aclose()
     assert [r.status_code for r in responses] == [200] * 1000
     assert sum(r.json()["status"] == "accepted" for r in responses) == 1
     assert stored == 1
-    assert 1 < connections <= 8 + 1
+    assert connections <= 8 + 2
 
 
 async def fill_memory(admin: Redis) -> None:

@@ -97,9 +97,10 @@ class Settings(BaseSettings):
         50,
         ge=1,
         le=10_000,
-        description="Redis connections each worker may open. A callback holds one for a single "
-        "round trip, so a burst waits its turn (at most `REDIS_TIMEOUT_SECONDS`) instead of "
-        "failing; Redis runs one command at a time, so more connections add no throughput.",
+        description="Pooled Redis connections each worker may open, for reads, pub/sub, "
+        "`/events` streams and probes (beyond the cap, a caller waits its turn, at most "
+        "`REDIS_TIMEOUT_SECONDS`). Scripts, the callback's one round trip among them, go out "
+        "pipelined on one more connection of the worker's own.",
     )
     shutdown_timeout_seconds: float = Field(
         10.0,
