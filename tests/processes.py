@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,6 +23,9 @@ from tests.conftest import AUTH_KEY, clean_env, free_port, wait_for
 ACCESS_KEY_ID = "LTAI5tEmulatorKey"
 ACCESS_KEY_SECRET = "emulator-secret-0123456789"
 COMMAND = str(Path(sys.executable).parent / "vod-webhook")
+# CLI subprocesses run in an empty directory: a `.env` where the suite was started is not theirs.
+WORKDIR = tempfile.mkdtemp(prefix="vod-webhook-tests-")
+atexit.register(shutil.rmtree, WORKDIR, ignore_errors=True)
 
 
 class Process:
@@ -27,7 +33,12 @@ class Process:
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
         self.popen = subprocess.Popen(
-            [COMMAND, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [COMMAND, *args],
+            env=env,
+            cwd=WORKDIR,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         self.stdout: list[str] = []
         self.stderr: list[str] = []
@@ -74,7 +85,12 @@ def run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 30
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [COMMAND, *args], env=env or env_for(), capture_output=True, text=True, timeout=timeout
+        [COMMAND, *args],
+        env=env or env_for(),
+        cwd=WORKDIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

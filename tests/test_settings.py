@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,3 +91,34 @@ def test_receiver_requires_keys_or_an_explicit_opt_out() -> None:
             _env_file=None, auth_keys="Key12345Abcdefghij", callback_url="https://h.example/cb"
         )
     )
+
+
+def test_the_suite_ignores_the_callers_environment_and_dotenv(tmp_path: Path) -> None:
+    """With the README's exports (and more) still set in the shell, and a `.env` where pytest is
+    started, tests that read settings in process and in CLI subprocesses still pass."""
+    (tmp_path / ".env").write_text("VOD_WEBHOOK_KEY_PREFIX=from-dotenv\nVOD_WEBHOOK_API_TOKEN=t\n")
+    shell = os.environ | {
+        "VOD_WEBHOOK_AUTH_KEYS": "DemoAuthKey2026xyz",
+        "VOD_WEBHOOK_CALLBACK_URL": "http://127.0.0.1:8000/callbacks/vod",
+        "VOD_WEBHOOK_API_TOKEN": "a-token-from-the-shell",
+        "VOD_WEBHOOK_KEY_PREFIX": "myapp",
+        "VOD_WEBHOOK_VOD_ENDPOINT": "http://127.0.0.1:9000",
+        "ALIBABA_CLOUD_ACCESS_KEY_ID": "DemoKeyId",
+        "ALIBABA_CLOUD_ACCESS_KEY_SECRET": "DemoSecret",
+    }
+    tests = Path(__file__).parent
+    chosen = [
+        f"{tests / 'test_api.py'}::test_read_api_is_off_without_a_token",
+        f"{tests / 'test_settings.py'}::test_receiver_requires_keys_or_an_explicit_opt_out",
+        f"{tests / 'test_cli.py'}::test_serve_on_redis_with_two_workers",
+    ]
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *chosen],
+        cwd=tmp_path,
+        env=shell,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "3 passed" in run.stdout
