@@ -27,6 +27,14 @@ from webhook.vod import RetryPolicy, Vod, VodError
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.2)
 
 
+class WholeBackoff(RetryPolicy):
+    """The retry schedule without its jitter: each wait is its whole cap, so whether a test's
+    attempts suffice does not depend on chance."""
+
+    def delay(self, attempt: int) -> float:
+        return min(self.max_delay, self.base_delay * 2.0**attempt)
+
+
 @dataclass
 class World:
     """The receiver, the emulator posting to it, and the submitter's side, all real."""
@@ -130,14 +138,26 @@ async def test_permanent_errors_are_reported_at_once_with_vods_details(
 
 async def test_throttling_is_retried_until_every_job_is_in(start_world: StartWorld) -> None:
     # The emulator allows 2 calls a second while this side is told 30: VOD throttles, we retry.
+    # Waits of 0.4, 0.8, 1, 1, ... s: the 5 jobs need ~2.5 s of the emulator's quota, and the
+    # third retry comes after 2.2 s.
     world = await start_world(qps=2)
     specs = [JobSpec(video_id=f"video-{n}", template_id="tpl") for n in range(5)]
     vod = Vod(
-        world.vod._client, world.vod._limiter, RetryPolicy(attempts=8, base_delay=0.2, max_delay=1)
+        world.vod._client, world.vod._limiter, WholeBackoff(attempts=8, base_delay=0.2, max_delay=1)
     )
     results = await asyncio.gather(*(Submitter(vod, world.store).submit(s) for s in specs))
     assert len({r.job_id for r in results}) == 5
     assert len(await world.emulator_jobs()) == 5
+
+
+def test_retry_waits_are_full_jitter_under_a_growing_cap() -> None:
+    policy = RetryPolicy(base_delay=0.2, max_delay=1)
+    for attempt, cap in [(1, 0.4), (2, 0.8), (3, 1.0), (6, 1.0)]:
+        waits = [policy.delay(attempt) for _ in range(200)]
+        assert all(0 <= wait <= cap for wait in waits)
+        # Spread over the whole range (each bound misses with odds of 0.9**200, ~1e-9).
+        assert min(waits) < cap * 0.1
+        assert max(waits) > cap * 0.9
 
 
 async def test_unreachable_vod_is_a_network_error_after_bounded_retries(
