@@ -26,6 +26,7 @@ from webhook.app import create_app
 from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.sender import signed_headers
 from webhook.settings import Settings
+from webhook.store import Store
 
 AUTH_KEY = "TestAuthKey2026abcd"
 # Deliberately not the URL tests post to: the signature covers the URL as registered in VOD.
@@ -95,11 +96,63 @@ def own_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
+def redis_sync(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    """A synchronous client on the session's Redis, flushed first, for tests without a loop."""
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    client.flushall()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_url(redis_sync: redis.Redis, redis_server: RedisServer) -> str:
+    """The session's Redis, flushed, for tests that hand its URL to subprocesses."""
+    return redis_server.url
+
+
+@pytest.fixture
 async def redis_client(redis_server: RedisServer) -> AsyncIterator[Redis]:
     client = Redis.from_url(redis_server.url, decode_responses=True)
     await client.flushall()
     yield client
     await client.aclose()
+
+
+StoreFactory = Callable[..., Store]
+
+
+@pytest.fixture
+async def make_store(redis_client: Redis) -> AsyncIterator[StoreFactory]:
+    """Stores on `redis_client` (or the client given), prefix "vod" unless told; each closed,
+    with its client, after the test."""
+    made: list[Store] = []
+
+    def make(
+        redis: Redis | None = None,
+        *,
+        prefix: str = "vod",
+        stream_maxlen: int = 10_000,
+        dedup_ttl_seconds: int = 3600,
+        **options: Any,
+    ) -> Store:
+        store = Store(
+            redis or redis_client,
+            prefix=prefix,
+            stream_maxlen=stream_maxlen,
+            dedup_ttl_seconds=dedup_ttl_seconds,
+            **options,
+        )
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        await store.close()
+
+
+@pytest.fixture
+def store(make_store: StoreFactory) -> Store:
+    return make_store()
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
-from redis.asyncio import Redis
 
 from tests.conftest import Receiver, vod_headers
 from tests.test_app import SUCCESS
@@ -21,11 +20,6 @@ from webhook.store import Store
 
 TOKEN = "s3cret-api-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-@pytest.fixture
-def store(redis_client: Redis) -> Store:
-    return Store(redis_client, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
 
 
 Events = AsyncIterator[ServerSentEvent]

@@ -35,8 +35,9 @@ def test_quick_start_send_test_shows_up_in_listen_on_the_embedded_store() -> Non
     assert any(log["event"] == "embedded_store_started" for log in server.json_logs())
 
 
-def test_serve_on_redis_with_two_workers(redis_server: RedisServer) -> None:
-    redis.Redis.from_url(redis_server.url).flushall()
+def test_serve_on_redis_with_two_workers(
+    redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
     with (
         serving("--workers", "2", redis_url=redis_server.url) as (base, _),
         listening(
@@ -47,7 +48,7 @@ def test_serve_on_redis_with_two_workers(redis_server: RedisServer) -> None:
             sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
             assert sent.returncode == 0, sent.stdout + sent.stderr
         wait_for(lambda: len(listener.stdout) == 6, 10, "six envelopes")
-    assert redis.Redis.from_url(redis_server.url).xlen("vod:stream") == 6
+    assert redis_sync.xlen("vod:stream") == 6
 
 
 @pytest.mark.parametrize(
@@ -126,7 +127,9 @@ def test_one_log_line_per_callback_and_no_secrets(redis_server: RedisServer) -> 
     assert "X-VOD-SIGNATURE:" not in everything
 
 
-def test_sigterm_lets_an_in_flight_callback_finish(redis_server: RedisServer) -> None:
+def test_sigterm_lets_an_in_flight_callback_finish(
+    redis_server: RedisServer, redis_sync: redis.Redis
+) -> None:
     with serving(redis_url=redis_server.url, key_prefix="drain") as (base, server):
         from webhook.sender import signed_headers
 
@@ -148,7 +151,7 @@ def test_sigterm_lets_an_in_flight_callback_finish(redis_server: RedisServer) ->
         server.popen.wait(15)
         with pytest.raises(httpx.HTTPError):
             httpx.get(f"{base}/healthz", timeout=1)
-    assert redis.Redis.from_url(redis_server.url).xlen("drain:stream") == 1
+    assert redis_sync.xlen("drain:stream") == 1
 
 
 def test_send_test_with_a_file_and_its_failure_modes(
@@ -199,9 +202,8 @@ def test_usage_errors_exit_2() -> None:
     assert run("frobnicate").returncode == 2
 
 
-def test_durable_listen_prints_what_it_missed_and_nothing_twice(redis_server: RedisServer) -> None:
-    redis.Redis.from_url(redis_server.url).flushall()
-    settings = {"redis_url": redis_server.url, "key_prefix": "durable"}
+def test_durable_listen_prints_what_it_missed_and_nothing_twice(redis_url: str) -> None:
+    settings = {"redis_url": redis_url, "key_prefix": "durable"}
     with serving(**settings) as (base, _):
         url = f"{base}/callbacks/vod"
 
@@ -223,9 +225,8 @@ def test_durable_listen_prints_what_it_missed_and_nothing_twice(redis_server: Re
     assert second.popen.returncode == 0
 
 
-def test_replay_prints_history_with_filters(redis_server: RedisServer) -> None:
-    redis.Redis.from_url(redis_server.url).flushall()
-    settings = {"redis_url": redis_server.url, "key_prefix": "history"}
+def test_replay_prints_history_with_filters(redis_url: str) -> None:
+    settings = {"redis_url": redis_url, "key_prefix": "history"}
     with serving(**settings) as (base, _):
         url = f"{base}/callbacks/vod"
         for _ in range(3):

@@ -18,11 +18,11 @@ from webhook.store import Store
 def record(url: str, job_id: str) -> None:
     async def go() -> None:
         redis = Redis.from_url(url, decode_responses=True)
+        store = Store(redis, prefix="vod", stream_maxlen=1000, dedup_ttl_seconds=3600)
         try:
-            store = Store(redis, prefix="vod", stream_maxlen=1000, dedup_ttl_seconds=3600)
             await store.record(job_event(job_id))
         finally:
-            await redis.aclose()
+            await store.close()
 
     asyncio.run(go())
 

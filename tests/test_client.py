@@ -30,11 +30,6 @@ def upload_event(video_id: str) -> Envelope:
     return parse_callback(json.dumps(body).encode(), NOW)
 
 
-@pytest.fixture
-async def store(redis_client: Redis) -> Store:
-    return Store(redis_client, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
-
-
 async def collect(
     redis: Redis,
     group: str,
@@ -190,15 +185,15 @@ async def test_a_crashed_consumers_entry_is_redelivered_to_a_peer(
     store: Store, redis_client: Redis, redis_server: RedisServer
 ) -> None:
     await store.record(job_event("j1"))
-    doomed = subprocess.Popen(  # noqa: ASYNC220 - started once, read in a thread
+    with subprocess.Popen(  # noqa: ASYNC220 - started once, read in a thread
         [sys.executable, "-c", CRASHING_CONSUMER, redis_server.url],
         stdout=subprocess.PIPE,
         text=True,
-    )
-    assert doomed.stdout is not None
-    assert (await asyncio.to_thread(doomed.stdout.readline)).strip() == "j1"
-    doomed.send_signal(signal.SIGKILL)
-    doomed.wait(10)
+    ) as doomed:
+        assert doomed.stdout is not None
+        assert (await asyncio.to_thread(doomed.stdout.readline)).strip() == "j1"
+        doomed.send_signal(signal.SIGKILL)
+        doomed.wait(10)
     pending = await redis_client.xpending_range("vod:stream", "g", min="-", max="+", count=10)
     assert [p["consumer"] for p in pending] == ["doomed"]
 

@@ -9,19 +9,14 @@ import pytest
 from pydantic import BaseModel
 from redis.asyncio import Redis
 
-from tests.conftest import RedisServer, eventually, stream_entries
+from tests.conftest import RedisServer, StoreFactory, eventually, stream_entries
 from tests.test_client import job_event
 from webhook.client import ConsumerOptions, consume, subscribe, wait_for
 from webhook.events import Envelope
-from webhook.store import Store
 
 FAST = ConsumerOptions(
     start="beginning", claim_idle_seconds=0.1, max_deliveries=3, block_seconds=0.1
 )
-
-
-def vod_store(redis: Redis) -> Store:
-    return Store(redis, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
 
 
 async def dead_letters(redis: Redis, count: int) -> list[dict[str, str]]:
@@ -45,9 +40,9 @@ class Strict(BaseModel):
     ],
 )
 async def test_a_handler_error_of_any_type_is_retried_up_to_max_deliveries(
-    redis_client: Redis, job_id: str, error: str
+    redis_client: Redis, job_id: str, error: str, make_store: StoreFactory
 ) -> None:
-    await vod_store(redis_client).record(job_event(job_id))
+    await make_store(redis_client).record(job_event(job_id))
     attempts: list[str | None] = []
 
     async def failing(envelope: Envelope) -> None:
@@ -70,8 +65,9 @@ async def test_a_handler_error_of_any_type_is_retried_up_to_max_deliveries(
 
 async def test_a_failure_on_an_entry_a_peer_acknowledged_meanwhile_is_not_dead_lettered(
     redis_client: Redis,
+    make_store: StoreFactory,
 ) -> None:
-    recorded = await vod_store(redis_client).record(job_event("j1"))
+    recorded = await make_store(redis_client).record(job_event("j1"))
     stop = asyncio.Event()
 
     async def finished_elsewhere(envelope: Envelope) -> None:
@@ -99,10 +95,12 @@ async def consume_until_first(redis: Redis) -> list[str | None]:
     return handled
 
 
-async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(redis_client: Redis) -> None:
+async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(
+    redis_client: Redis, make_store: StoreFactory
+) -> None:
     await redis_client.xadd("vod:stream", {"envelope": "not json"})
     await redis_client.xadd("vod:stream", {"something": "else"})
-    await vod_store(redis_client).record(job_event("good"))
+    await make_store(redis_client).record(job_event("good"))
     handled = await consume_until_first(redis_client)
     dead = await dead_letters(redis_client, 2)
     assert handled == ["good"]
@@ -114,9 +112,9 @@ async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(redis_clien
 
 @pytest.mark.parametrize("given_before", [False, True], ids=["fresh", "pending-at-start"])
 async def test_stop_takes_effect_after_the_entry_in_hand(
-    redis_client: Redis, given_before: bool
+    redis_client: Redis, given_before: bool, make_store: StoreFactory
 ) -> None:
-    store = vod_store(redis_client)
+    store = make_store(redis_client)
     for n in range(5):
         await store.record(job_event(f"j{n}"))
     if given_before:  # delivered to "a" by an earlier run that never acknowledged them
@@ -150,7 +148,7 @@ async def xgroup_creates(redis: Redis) -> int:
 
 @pytest.mark.parametrize("loss", ["restart", "flushall", "destroy"])
 async def test_a_vanished_group_is_created_again_and_consuming_goes_on(
-    loss: str, own_redis: RedisServer
+    loss: str, own_redis: RedisServer, make_store: StoreFactory
 ) -> None:
     server = own_redis
     admin = Redis.from_url(server.url, decode_responses=True)
@@ -166,7 +164,7 @@ async def test_a_vanished_group_is_created_again_and_consuming_goes_on(
         consume(consumer_redis, "g", "a", handle, options=options, stop=stop)
     )
     try:
-        await vod_store(admin).record(job_event("before"))
+        await make_store(admin).record(job_event("before"))
 
         async def handled_count(count: int) -> bool:
             if task.done():
@@ -185,7 +183,7 @@ async def test_a_vanished_group_is_created_again_and_consuming_goes_on(
         else:
             await admin.config_resetstat()
             await admin.xgroup_destroy("vod:stream", "g")
-        await vod_store(admin).record(job_event("after"))
+        await make_store(admin).record(job_event("after"))
         await eventually(lambda: handled_count(2), 10, "the envelope after the loss")
         assert handled == ["before", "after"]
         assert not task.done()
@@ -213,12 +211,12 @@ async def subscribers_idle(redis: Redis, count: int, seconds: int) -> bool:
 
 
 async def test_a_quiet_subscription_outlives_the_socket_timeout(
-    redis_client: Redis, redis_server: RedisServer
+    redis_client: Redis, redis_server: RedisServer, make_store: StoreFactory
 ) -> None:
     # redis-py before 8.0.1 applies the socket timeout to pub/sub's blocking read, so a quiet
     # channel ended `listen` and `submit --wait` with a TimeoutError after 2 s.
     quiet = Redis.from_url(redis_server.url, decode_responses=True, socket_timeout=0.2)
-    store = vod_store(redis_client)
+    store = make_store(redis_client)
     seen: list[Envelope] = []
 
     async def follow() -> None:

@@ -6,17 +6,8 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
-import redis
-
-from tests.conftest import AUTH_KEY, RedisServer, free_port, wait_for
+from tests.conftest import AUTH_KEY, free_port, wait_for
 from tests.processes import emulating, emulator_jobs, env_for, listening, run, serving
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    redis.Redis.from_url(redis_server.url).flushall()
-    return redis_server.url
 
 
 def test_every_job_gets_one_correlated_envelope_despite_dropped_and_repeated_callbacks(

@@ -23,9 +23,8 @@ from webhook.store import Store
 
 
 async def test_an_entry_without_an_envelope_is_skipped_and_the_feed_goes_on(
-    start_receiver: Receiver, http: httpx.AsyncClient, redis_client: Redis
+    start_receiver: Receiver, http: httpx.AsyncClient, redis_client: Redis, store: Store
 ) -> None:
-    store = Store(redis_client, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
     base = await start_receiver(api_token=TOKEN)
     async with events(http, f"{base}/events") as source:
         await redis_client.xadd("vod:stream", {"something": "else"})
@@ -36,9 +35,8 @@ async def test_an_entry_without_an_envelope_is_skipped_and_the_feed_goes_on(
 
 
 async def test_filtered_streams_skip_entries_they_cannot_read_live_and_in_replay(
-    start_receiver: Receiver, http: httpx.AsyncClient, redis_client: Redis
+    start_receiver: Receiver, http: httpx.AsyncClient, redis_client: Redis, store: Store
 ) -> None:
-    store = Store(redis_client, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
     base = await start_receiver(api_token=TOKEN)
     # A newer receiver's envelope (a `source` this one does not know) still routes by its
     # type and job; garbage cannot be routed at all.

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import AUTH_KEY, RedisServer, wait_for
+from tests.conftest import AUTH_KEY, wait_for
 from tests.processes import Process, serving
 from webhook.http_limits import LimitedHttpProtocol
 from webhook.sender import sample_dynamic_image_event, signed_headers
@@ -27,12 +27,6 @@ from webhook.settings import Settings
 
 TOKEN = "s3cret-api-token"
 OpenStream = Callable[[str], socket.socket]
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    redis.Redis.from_url(redis_server.url).flushall()
-    return redis_server.url
 
 
 def connect(base: str, rcvbuf: int | None = None) -> socket.socket:

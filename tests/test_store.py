@@ -3,6 +3,7 @@ import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from hashlib import sha1
+from typing import Any
 
 import pytest
 from fakeredis import FakeServer
@@ -10,7 +11,14 @@ from fakeredis.aioredis import FakeRedis
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
-from tests.conftest import RedisServer, free_port, published, sample_path, stream_entries
+from tests.conftest import (
+    RedisServer,
+    StoreFactory,
+    free_port,
+    published,
+    sample_path,
+    stream_entries,
+)
 from webhook.embedded import EmbeddedRedis
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope, JobError, parse_callback
@@ -26,17 +34,20 @@ def envelope(name: str = "dynamic_image_success.json", **changes: object) -> Env
     return parse_callback(json.dumps(data).encode(), NOW)
 
 
-def store_for(redis: Redis, **options: int | str) -> Store:
-    settings: dict[str, int | str] = {
-        "prefix": "t",
-        "stream_maxlen": 1000,
-        "dedup_ttl_seconds": 3600,
-    }
-    settings.update(options)
-    return Store(redis, **settings)  # type: ignore[arg-type]
+@pytest.fixture
+def store_for(make_store: StoreFactory) -> Callable[..., Store]:
+    """Stores with this module's defaults (prefix "t", a 1,000-entry stream), closed after."""
+
+    def build(redis: Redis, **options: Any) -> Store:
+        store: Store = make_store(redis, **({"prefix": "t", "stream_maxlen": 1000} | options))
+        return store
+
+    return build
 
 
-async def test_job_outcome_is_stored_streamed_and_published(redis_client: Redis) -> None:
+async def test_job_outcome_is_stored_streamed_and_published(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     pubsub = redis_client.pubsub()
     job_id = "b1e7a3c59e2f4d6f8a0b1c2d3e4f5a6b"
@@ -78,7 +89,9 @@ async def test_job_outcome_is_stored_streamed_and_published(redis_client: Redis)
     assert 3500 < await redis_client.ttl(f"t:job:{job_id}") <= 3600
 
 
-async def test_failed_job_records_its_error(redis_client: Redis) -> None:
+async def test_failed_job_records_its_error(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     await store.record(envelope("dynamic_image_fail.json"))
     job = await store.job("c2f8b4d6a0e1f2a3b4c5d6e7f8a9b0c1")
@@ -88,7 +101,9 @@ async def test_failed_job_records_its_error(redis_client: Redis) -> None:
     assert "file_url" not in job
 
 
-async def test_outcome_is_recorded_once_whatever_the_resent_event_time(redis_client: Redis) -> None:
+async def test_outcome_is_recorded_once_whatever_the_resent_event_time(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     first = await store.record(envelope())
     again = await store.record(envelope(EventTime="2017-03-20T07:49:20Z"))
@@ -97,7 +112,9 @@ async def test_outcome_is_recorded_once_whatever_the_resent_event_time(redis_cli
     assert await redis_client.xlen("t:stream") == 1
 
 
-async def test_concurrent_deliveries_fan_out_once(redis_client: Redis) -> None:
+async def test_concurrent_deliveries_fan_out_once(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     results = await asyncio.gather(*(store.record(envelope()) for _ in range(20)))
     assert sum(not r.duplicate for r in results) == 1
@@ -105,7 +122,9 @@ async def test_concurrent_deliveries_fan_out_once(redis_client: Redis) -> None:
     assert await redis_client.xlen("t:stream") == 1
 
 
-async def test_other_events_dedup_on_their_identity(redis_client: Redis) -> None:
+async def test_other_events_dedup_on_their_identity(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     first = await store.record(envelope("ai_media_audit.json"))
     again = await store.record(envelope("ai_media_audit.json"))
@@ -119,7 +138,9 @@ async def test_other_events_dedup_on_their_identity(redis_client: Redis) -> None
     assert 0 < await redis_client.ttl(marker) <= 3600
 
 
-async def test_stream_ids_increase_and_the_stream_is_capped(redis_client: Redis) -> None:
+async def test_stream_ids_increase_and_the_stream_is_capped(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client, stream_maxlen=10)
     ids = [
         (await store.record(envelope("ai_media_audit.json", MediaId=f"m{i}"))).id
@@ -132,7 +153,9 @@ async def test_stream_ids_increase_and_the_stream_is_capped(redis_client: Redis)
     assert await redis_client.xlen("t:stream") < 300
 
 
-async def test_ids_continue_after_the_newest_entry_was_deleted(redis_client: Redis) -> None:
+async def test_ids_continue_after_the_newest_entry_was_deleted(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     first = await store.record(envelope("ai_media_audit.json", MediaId="a"))
     await redis_client.xdel("t:stream", first.id)
@@ -141,7 +164,9 @@ async def test_ids_continue_after_the_newest_entry_was_deleted(redis_client: Red
     assert await redis_client.xlen("t:stream") == 1
 
 
-async def test_script_is_reloaded_after_redis_forgets_it(redis_client: Redis) -> None:
+async def test_script_is_reloaded_after_redis_forgets_it(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     await store.ensure_ready()
     await redis_client.script_flush()
@@ -187,7 +212,9 @@ async def submit(store: Store, job_id: str = JOB) -> Recorded | None:
     )
 
 
-async def test_outcome_after_submission_is_correlated(redis_client: Redis) -> None:
+async def test_outcome_after_submission_is_correlated(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     await submit(store)
     assert [job_id for job_id, _ in await store.pending_jobs()] == [JOB]
@@ -211,6 +238,7 @@ async def test_outcome_after_submission_is_correlated(redis_client: Redis) -> No
 
 async def test_outcome_before_submission_yields_exactly_one_correlated_envelope(
     redis_client: Redis,
+    store_for: Callable[..., Store],
 ) -> None:
     store = store_for(redis_client)
     pubsub = redis_client.pubsub()
@@ -236,7 +264,9 @@ async def test_outcome_before_submission_yields_exactly_one_correlated_envelope(
     assert (await store.record(envelope())).duplicate
 
 
-async def test_a_real_outcome_supersedes_a_timed_out_verdict_once(redis_client: Redis) -> None:
+async def test_a_real_outcome_supersedes_a_timed_out_verdict_once(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     await submit(store)
     verdict = Envelope(
@@ -262,7 +292,9 @@ async def test_a_real_outcome_supersedes_a_timed_out_verdict_once(redis_client: 
     assert job_view(JOB, job)["error"] is None
 
 
-async def test_pending_jobs_are_listed_oldest_first_and_by_age(redis_client: Redis) -> None:
+async def test_pending_jobs_are_listed_oldest_first_and_by_age(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     for number, minute in ((1, 30), (2, 10), (3, 20)):
         at = SUBMITTED_AT.replace(minute=minute)
@@ -276,7 +308,7 @@ async def test_pending_jobs_are_listed_oldest_first_and_by_age(redis_client: Red
     assert await store.video_ids(["job-1", "missing"]) == ["v", None]
 
 
-async def test_redis_older_than_7_is_refused_by_name() -> None:
+async def test_redis_older_than_7_is_refused_by_name(store_for: Callable[..., Store]) -> None:
     # No Redis 6 can run here: fakeredis emulates its refusal of SET with both NX and GET.
     old = FakeRedis(server=FakeServer(version=(6, 2)), decode_responses=True)
     store = store_for(old)
@@ -317,10 +349,12 @@ async def test_a_script_call_ends_at_its_deadline_however_slow_redis_is(
     finally:
         await admin.client_unpause()
         await admin.aclose()
-        await slow.aclose()
+        await store.close()
 
 
-async def test_a_refusal_that_will_not_pass_is_logged_as_an_error(redis_client: Redis) -> None:
+async def test_a_refusal_that_will_not_pass_is_logged_as_an_error(
+    redis_client: Redis, store_for: Callable[..., Store]
+) -> None:
     store = store_for(redis_client)
     await redis_client.set("t:stream", "not a stream")  # the script's XADD now always fails
     with capture_logs() as logs, pytest.raises(StoreUnavailable):
@@ -330,7 +364,9 @@ async def test_a_refusal_that_will_not_pass_is_logged_as_an_error(redis_client: 
     assert failure["log_level"] == "error"
 
 
-async def test_refusals_that_pass_are_not_errors(own_redis: RedisServer) -> None:
+async def test_refusals_that_pass_are_not_errors(
+    own_redis: RedisServer, store_for: Callable[..., Store]
+) -> None:
     redis = Redis.from_url(own_redis.url, decode_responses=True)
     store = store_for(redis)
     await redis.config_set("maxmemory-policy", "noeviction")

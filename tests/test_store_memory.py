@@ -5,10 +5,10 @@ from datetime import timedelta
 
 from redis.asyncio import Redis
 
-from tests.test_store import NOW, envelope, store_for
+from tests.test_store import NOW, envelope
 from webhook.client import wait_for
 from webhook.events import Envelope
-from webhook.store import job_view
+from webhook.store import Store, job_view
 
 JOB = "5d3cd7e2a1f84b6b9bd3c0f2e8a00001"
 # As long as VOD's OSS URLs are.
@@ -20,8 +20,7 @@ def job_outcome(job_id: str, file_url: str) -> Envelope:
     return envelope(JobId=job_id, DynamicImageJobInfo=json.dumps(info))
 
 
-async def test_a_dedup_marker_takes_at_most_150_bytes(redis_client: Redis) -> None:
-    store = store_for(redis_client, prefix="vod")  # the default prefix
+async def test_a_dedup_marker_takes_at_most_150_bytes(redis_client: Redis, store: Store) -> None:
     await store.record(envelope("ai_media_audit.json"))
     marker = store.keys.seen(envelope("ai_media_audit.json").fingerprint())
     used = await redis_client.memory_usage(marker, samples=0)
@@ -29,8 +28,9 @@ async def test_a_dedup_marker_takes_at_most_150_bytes(redis_client: Redis) -> No
     assert used <= 150
 
 
-async def test_a_finished_job_record_takes_at_most_1_5_kib(redis_client: Redis) -> None:
-    store = store_for(redis_client, prefix="vod")
+async def test_a_finished_job_record_takes_at_most_1_5_kib(
+    redis_client: Redis, store: Store
+) -> None:
     await store.record(job_outcome(JOB, LONG_URL))
     used = [
         await redis_client.memory_usage(key, samples=0)
@@ -40,8 +40,9 @@ async def test_a_finished_job_record_takes_at_most_1_5_kib(redis_client: Redis) 
     assert sum(size or 0 for size in used) <= 1536
 
 
-async def test_a_job_record_outliving_its_stream_entry_still_answers(redis_client: Redis) -> None:
-    store = store_for(redis_client, prefix="vod")
+async def test_a_job_record_outliving_its_stream_entry_still_answers(
+    redis_client: Redis, store: Store
+) -> None:
     submission = {"video_id": "v", "template_id": "t", "submitted_at": "2026-11-24T11:59:00Z"}
     await store.record_submission(JOB, "v", submission, NOW - timedelta(minutes=1))
     recorded = await store.record(job_outcome(JOB, LONG_URL))

@@ -18,7 +18,6 @@ from structlog.testing import capture_logs
 from tests.conftest import (
     AUTH_KEY,
     Receiver,
-    RedisServer,
     ServeApp,
     eventually,
     free_port,
@@ -72,11 +71,6 @@ def outcome(job_id: str, video_id: str, **fields: Any) -> Envelope:
 
 
 MakeVod = Callable[..., Awaitable[Vod]]
-
-
-@pytest.fixture
-async def store(redis_client: Redis) -> Store:
-    return Store(redis_client, prefix="vod", stream_maxlen=10_000, dedup_ttl_seconds=3600)
 
 
 @pytest.fixture
@@ -325,12 +319,6 @@ async def test_the_receiver_holds_outcomes_and_records_other_events_at_once(
 
 def parse_fingerprint(body: bytes) -> str:
     return parse_callback(body, datetime.now(UTC)).fingerprint()
-
-
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    redis.Redis.from_url(redis_server.url).flushall()
-    return redis_server.url
 
 
 def test_end_to_end_a_forged_callback_before_the_real_one_is_dropped(redis_url: str) -> None:
