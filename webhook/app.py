@@ -70,7 +70,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
 
     async def receive_callback(request: Request) -> Response:
         started = time.perf_counter()
-        log = logger.bind(request_id=request.state.request_id)
+        log = logger.bind(request_id=request.scope["state"]["request_id"])
         try:
             received_at = datetime.now(UTC)
             _check_content_length(request, settings.max_body_bytes)

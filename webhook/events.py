@@ -38,10 +38,12 @@ def parse_event_time(value: object) -> datetime:
     if isinstance(value, datetime):
         return value
     match = _EVENT_TIME.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
+    if match is None or not isinstance(value, str):
         raise ValueError("expected UTC time as yyyy-MM-ddTHH:mm:ssZ (optionally :SSS before Z)")
+    if match.group(7) is None:
+        return datetime.fromisoformat(value)  # the usual form, read in C ("Z" is UTC)
     year, month, day, hour, minute, second = map(int, match.groups()[:6])
-    micros = int((match.group(7) or "0").ljust(6, "0"))
+    micros = int(match.group(7).ljust(6, "0"))
     return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
 
 

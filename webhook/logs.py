@@ -39,7 +39,6 @@ def configure_logging(settings: Settings) -> None:
     )
     level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     shared: list[structlog.types.Processor] = [
-        structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
