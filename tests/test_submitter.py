@@ -12,7 +12,15 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import AUTH_KEY, Receiver, RedisServer, ServeApp, eventually
+from tests.conftest import (
+    AUTH_KEY,
+    Receiver,
+    RedisServer,
+    ServeApp,
+    eventually,
+    job_callback,
+    vod_headers,
+)
 from tests.processes import ACCESS_KEY_ID, ACCESS_KEY_SECRET
 from webhook.client import wait_for
 from webhook.emulator import EmulatorOptions, create_emulator_app
@@ -285,6 +293,20 @@ async def test_jobs_neither_called_back_nor_listed_time_out_and_a_late_result_st
     assert envelope.error is not None
     assert envelope.error.code == "CallbackTimeout"
     assert await world.store.pending_jobs() == []
+
+    # VOD's own outcome, arriving after the verdict: it replaces the guess.
+    callback_url = f"{world.receiver}/callbacks/vod"
+    async with httpx.AsyncClient() as client:
+        answer = await client.post(
+            callback_url,
+            json=job_callback(job.job_id, "fail"),
+            headers=vod_headers(url=callback_url),
+        )
+    assert answer.json()["status"] == "accepted"
+    record = await world.store.job(job.job_id)
+    assert record is not None
+    assert record["status"] == "fail"
+    assert record["envelope_id"] == answer.json()["id"]
 
 
 async def _all_done(world: World) -> bool:
