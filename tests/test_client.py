@@ -213,3 +213,13 @@ async def test_a_restarted_consumer_first_finishes_what_it_had_been_given(
     options = ConsumerOptions(claim_idle_seconds=3600, block_seconds=0.1)
     [again] = await collect(redis_client, "g", "worker", 1, options)
     assert again.job_id == "j1"
+
+
+def test_the_client_loads_nothing_of_the_server_or_the_sdk() -> None:
+    # A fresh interpreter: this one has imported everything already.
+    code = "import sys, webhook.client, webhook.events, webhook.keys; print(*sorted(sys.modules))"
+    loaded = set(subprocess.check_output([sys.executable, "-c", code], text=True).split())
+    heavy = {"starlette", "uvicorn", "fakeredis", "lupa", "tqdm", "pydantic_settings", "httpx",
+             "sse_starlette", "orjson", "alibabacloud_vod20170321", "alibabacloud_credentials",
+             "Tea"}  # fmt: skip
+    assert {name.split(".")[0] for name in loaded} & heavy == set()

@@ -23,11 +23,12 @@ from webhook.client import STREAM_ID, ConsumerOptions, consume, subscribe, wait_
 from webhook.client import replay as replay_stream
 from webhook.errors import StoreUnavailable, explain
 from webhook.events import Envelope
+from webhook.keys import Keys
 from webhook.logs import configure_logging
 from webhook.reconcile import reconcile_once, run_reconciler
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
 from webhook.signature import auth_key_problem, auth_key_weakness, callback_url_problem
-from webhook.store import Keys, Store, job_view
+from webhook.store import Store, job_view
 from webhook.submitter import JobSpec, LineResult, Submitter
 from webhook.vod import Vod, VodError
 

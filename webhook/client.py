@@ -28,7 +28,15 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhook.events import Envelope
-from webhook.store import Keys, StreamEntries, read_entries
+from webhook.keys import DEFAULT_PREFIX, Keys
+
+StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+def read_entries(reply: Any) -> StreamEntries:
+    """The entries of an XREAD / XREADGROUP reply (redis-py leaves these untyped)."""
+    return [entry for _, entries in reply or [] for entry in entries]
+
 
 logger = structlog.get_logger("webhook.client")
 
@@ -83,7 +91,7 @@ async def subscribe(
     *,
     event_type: str | None = None,
     job_id: str | None = None,
-    prefix: str = "vod",
+    prefix: str = DEFAULT_PREFIX,
     on_subscribed: Callable[[], Awaitable[None] | None] | None = None,
 ) -> AsyncIterator[Envelope]:
     """Yield every envelope published from now on, optionally of one type and/or job.
@@ -111,7 +119,7 @@ async def wait_for(
     job_id: str,
     *,
     timeout: float,  # noqa: ASYNC109 - callers think in deadlines; the API takes one
-    prefix: str = "vod",
+    prefix: str = DEFAULT_PREFIX,
 ) -> Envelope:
     """The job's outcome envelope, whether it came before or after this call.
 
@@ -151,7 +159,7 @@ async def replay(
     *,
     event_type: str | None = None,
     job_id: str | None = None,
-    prefix: str = "vod",
+    prefix: str = DEFAULT_PREFIX,
     page: int = 500,
 ) -> AsyncIterator[Envelope]:
     """The envelopes still in the stream after `since`, oldest first, optionally filtered."""
@@ -196,7 +204,7 @@ async def consume(
     consumer: str,
     handler: Handler,
     *,
-    prefix: str = "vod",
+    prefix: str = DEFAULT_PREFIX,
     options: ConsumerOptions | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
-from webhook.store import StreamEntries, read_entries
+from webhook.client import StreamEntries, read_entries
 
 logger = structlog.get_logger("webhook.feed")
 

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from webhook.keys import DEFAULT_PREFIX
 from webhook.signature import auth_key_weakness, callback_url_problem
 
 ENV_PREFIX = "VOD_WEBHOOK_"
@@ -77,7 +78,7 @@ class Settings(BaseSettings):
         "dedup markers and of finished job records.",
     )
     key_prefix: str = Field(
-        "vod",
+        DEFAULT_PREFIX,
         min_length=1,
         description="Prefix of every Redis key and channel, so several deployments can share "
         "one Redis.",

@@ -1,21 +1,6 @@
-"""The Redis layout and the atomic scripts every change of state goes through.
+"""The atomic scripts every change of state goes through, and the reads of what they wrote.
 
-Layout (prefix configurable):
-  {prefix}:job:{JobId}          hash: status, video_id, verified, submitted_ms, completed_ms,
-                                correlated, envelope_id (only short values: a compact listpack)
-  {prefix}:job:{JobId}:envelope the outcome's envelope (result, error and submission in full)
-  {prefix}:job:{JobId}:submission  what was submitted, until an outcome that is no guess
-  {prefix}:pending              sorted set: submitted jobs without an outcome, by submission time
-  {prefix}:seen:{fingerprint}   dedup marker of a non-job event (holds its envelope id); the
-                                fingerprint's first 128 bits, to keep a marker under 150 bytes
-  {prefix}:batch:{fingerprint}  a batch file line: claimed, or job:<JobId> once submitted
-  {prefix}:stream               capped stream of envelopes (field `envelope`)
-  {prefix}:stream:last-id       the last stream id handed out (the scripts read it, not XINFO)
-  {prefix}:deadletter           entries consumers gave up on, with the error
-  {prefix}:ready                readiness probe: written by every /readyz, expires in 10 s
-  {prefix}:held:{fingerprint}   an outcome awaiting verification (VERIFY_OUTCOMES), then a tombstone
-  {prefix}:verify               sorted set: held outcomes by when they are next checked
-  {prefix}:events, {prefix}:events:{EventType}, {prefix}:jobs:{JobId}   pub/sub channels
+The key layout is in webhook/keys.py.
 """
 
 from __future__ import annotations
@@ -48,7 +33,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from webhook.autopipeline import AutoPipeline
 from webhook.errors import StoreUnavailable
-from webhook.events import DYNAMIC_IMAGE_COMPLETE, Envelope
+from webhook.events import Envelope
+from webhook.keys import Keys
 from webhook.settings import Settings, redis_url_of
 
 _ID_PLACEHOLDER = '{"id":""'
@@ -69,62 +55,10 @@ def script_source(name: str) -> str:
     return (scripts / "common.lua").read_text() + (scripts / f"{name}.lua").read_text()
 
 
-StreamEntries = list[tuple[str, dict[str, str]]]
-
-
-def read_entries(reply: Any) -> StreamEntries:
-    """The entries of an XREAD / XREADGROUP reply (redis-py leaves these untyped)."""
-    return [entry for _, entries in reply or [] for entry in entries]
-
-
 @dataclass(frozen=True)
 class Recorded:
     id: str
     duplicate: bool
-
-
-class Keys:
-    """Names of every key and channel under one prefix."""
-
-    def __init__(self, prefix: str) -> None:
-        self.prefix = prefix
-        self.stream = f"{prefix}:stream"
-        self.pending = f"{prefix}:pending"
-        self.dead_letter = f"{prefix}:deadletter"
-        self.events_channel = f"{prefix}:events"
-        self.verify_queue = f"{prefix}:verify"
-
-    def held(self, fingerprint: str) -> str:
-        return f"{self.prefix}:held:{fingerprint}"
-
-    def job(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}"
-
-    def job_envelope(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:envelope"
-
-    def job_submission(self, job_id: str) -> str:
-        return f"{self.prefix}:job:{job_id}:submission"
-
-    def seen(self, fingerprint: str) -> str:
-        # 128 bits are plenty against collisions and cut a marker from 168 to 120 bytes.
-        return f"{self.prefix}:seen:{fingerprint[:32]}"
-
-    def batch_line(self, fingerprint: str) -> str:
-        return f"{self.prefix}:batch:{fingerprint}"
-
-    def type_channel(self, event_type: str) -> str:
-        return f"{self.prefix}:events:{event_type}"
-
-    def job_channel(self, job_id: str) -> str:
-        return f"{self.prefix}:jobs:{job_id}"
-
-    def job_outcome_channels(self, job_id: str) -> list[str]:
-        return [
-            self.events_channel,
-            self.type_channel(DYNAMIC_IMAGE_COMPLETE),
-            self.job_channel(job_id),
-        ]
 
 
 def connect_redis(settings: Settings) -> Redis:
@@ -199,7 +133,7 @@ class Store:
         with unavailable():
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.script_exists(*(script.sha for script in scripts))
-                pipe.set(f"{self.keys.prefix}:ready", "1", nx=True, get=True, px=10_000)
+                pipe.set(self.keys.ready, "1", nx=True, get=True, px=10_000)
                 loaded, probed = await pipe.execute(raise_on_error=False)
             for reply in (loaded, probed):
                 if isinstance(reply, ResponseError):
@@ -341,7 +275,7 @@ class Store:
 
     async def take_turn(self, task: str, token: str, seconds: float) -> bool:
         """Whether it is this caller's turn to run `task`: one caller per `seconds`, any process."""
-        key = f"{self.keys.prefix}:turn:{task}"
+        key = self.keys.turn(task)
         with unavailable():
             return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
 

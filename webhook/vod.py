@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from redis.asyncio import Redis
 
+from webhook.keys import Keys
 from webhook.limiter import RateLimiter
 from webhook.settings import ConfigError, Settings
 
@@ -106,7 +107,7 @@ class Vod:
         """Calls share the quotas of settings.account_id, else of the signing AccessKey ID: one
         for ListDynamicImage, one for the rest (submissions)."""
         client, access_key_id = cls.sdk_client(settings)
-        quota = f"{settings.key_prefix}:quota:{settings.account_id or access_key_id}"
+        quota = Keys(settings.key_prefix).quota(settings.account_id or access_key_id)
         limiter = RateLimiter(redis, quota, settings.submit_qps)
         list_limiter = RateLimiter(redis, f"{quota}:ListDynamicImage", settings.list_qps)
         return cls(client, limiter, list_limiter=list_limiter)
