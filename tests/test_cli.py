@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 import redis
 
 from tests.conftest import AUTH_KEY, RedisServer, free_port, sample_path, wait_for
-from tests.processes import env_for, listening, run, serving
+from tests.processes import COMMAND, WORKDIR, env_for, listening, run, serving
+from tests.test_client import job_event
 
 
 def test_quick_start_send_test_shows_up_in_listen_on_the_embedded_store() -> None:
@@ -264,3 +266,24 @@ def test_events_over_http_on_the_embedded_store() -> None:
         assert json.loads(data.removeprefix("data:"))["job_id"] == job_id
         job = httpx.get(f"{base}/jobs/{job_id}", headers=auth)
         assert job.json()["status"] == "success"
+
+
+def test_a_reader_that_goes_away_ends_the_output_quietly(
+    redis_sync: redis.Redis, redis_url: str
+) -> None:
+    envelope = job_event("j1").model_dump_json()
+    with redis_sync.pipeline(transaction=False) as pipe:
+        for _ in range(5000):  # far more than a pipe holds
+            pipe.xadd("vod:stream", {"envelope": envelope})
+        pipe.execute()
+    command = [COMMAND, "replay"]
+    with subprocess.Popen(
+        command, env=env_for(redis_url=redis_url), cwd=WORKDIR, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True,
+    ) as replay:  # fmt: skip
+        assert replay.stdout is not None
+        assert json.loads(replay.stdout.readline())["job_id"] == "j1"
+        replay.stdout.close()  # as `| head -1` does
+        _, errors = replay.communicate(timeout=30)
+    assert errors == ""
+    assert replay.returncode == 1

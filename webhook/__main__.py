@@ -1,5 +1,6 @@
 """`vod-webhook` and `python -m webhook`: the command, or what to install to get it."""
 
+import os
 import sys
 
 
@@ -18,6 +19,11 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
+    except BrokenPipeError:
+        # The reader went away (`vod-webhook replay | head`): nothing of ours failed. Python would
+        # still flush stdout at exit and print a traceback; point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":
