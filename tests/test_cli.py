@@ -202,6 +202,22 @@ def test_usage_errors_exit_2() -> None:
     assert run("serve", "--workers", "0").returncode == 2
     assert run("send-test", "--url", "http://x").returncode == 2
     assert run("frobnicate").returncode == 2
+    for port in ("99999", "-1", "0"):
+        bad = run("serve", "--port", port)
+        assert bad.returncode == 2
+        assert "--port: must be a TCP port, 1 to 65535" in bad.stderr
+
+
+def test_a_port_in_use_is_a_clear_configuration_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        env = env_for(auth_keys=AUTH_KEY, callback_url="https://h.example.com/cb")
+        result = run("serve", "--port", port, env=env)
+    assert result.returncode == 2
+    assert f"--host 127.0.0.1 --port {port}: cannot listen there" in result.stderr
+    assert "address already in use" in result.stderr.lower()  # uvicorn's line: why
 
 
 def test_durable_listen_prints_what_it_missed_and_nothing_twice(redis_url: str) -> None:

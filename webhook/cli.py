@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         "VOD_WEBHOOK_RECONCILE=true it also reconciles overdue jobs.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    serve.add_argument("--port", type=int, default=8000, help="port to bind (default %(default)s)")
+    serve.add_argument(
+        "--port", type=_port, default=8000, help="port to bind (default %(default)s)"
+    )
     serve.add_argument(
         "--workers", type=_positive_int, default=1, help="worker processes (default %(default)s)"
     )
@@ -216,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "signatures, runs dynamic-image jobs and delivers signed callbacks like VOD.",
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
-    emulator.add_argument("--port", type=int, default=9000, help="port (default %(default)s)")
+    emulator.add_argument("--port", type=_port, default=9000, help="port (default %(default)s)")
     emulator.add_argument(
         "--access-key",
         action="append",
@@ -595,6 +597,13 @@ def _safe_url(url: str) -> str:
         return url
     scheme, _, rest = url.partition("://")
     return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a TCP port, 1 to 65535")
+    return value
 
 
 def _positive_int(text: str) -> int:

@@ -12,7 +12,7 @@ from uvicorn.supervisors import Multiprocess
 from webhook.app import create_app
 from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.logs import configure_logging
-from webhook.settings import Settings, check_receiver_settings
+from webhook.settings import ConfigError, Settings, check_receiver_settings
 from webhook.vod import Vod
 
 logger = structlog.get_logger("webhook.server")
@@ -54,24 +54,31 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     if settings.calls_vod:
         Vod.sdk_client(settings)  # missing credentials stop start-up here, with exit code 2
     configure_logging(settings)
-    embedded = None
-    if settings.redis_url is None:
-        from webhook.embedded import EmbeddedRedis  # fakeredis and lupa, only when used
-
-        embedded = EmbeddedRedis(settings.embedded_port)
-        embedded.start()
-        logger.warning(
-            "embedded_store_started",
-            url=embedded.url,
-            detail="no VOD_WEBHOOK_REDIS_URL: events are kept in this process's memory and lost "
-            "when it stops; use Redis in production",
-        )
     config = server_config(settings, host=host, port=port, workers=workers)
     try:
+        sock = config.bind_socket()
+    except SystemExit:  # uvicorn logged why (in use, not an address here) and gave up
+        raise ConfigError(
+            f"--host {host} --port {port}: cannot listen there (see the log line above)"
+        ) from None
+    embedded = None
+    try:
+        if settings.redis_url is None:
+            from webhook.embedded import EmbeddedRedis  # fakeredis and lupa, only when used
+
+            embedded = EmbeddedRedis(settings.embedded_port)
+            embedded.start()
+            logger.warning(
+                "embedded_store_started",
+                url=embedded.url,
+                detail="no VOD_WEBHOOK_REDIS_URL: events are kept in this process's memory and "
+                "lost when it stops; use Redis in production",
+            )
         if workers > 1:
-            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            Multiprocess(config, sockets=[sock]).run()
         else:
-            uvicorn.Server(config).run()
+            uvicorn.Server(config).run(sockets=[sock])
     finally:
         if embedded is not None:
             embedded.stop()
+        sock.close()
