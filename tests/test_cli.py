@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from tests.conftest import AUTH_KEY, RedisServer, free_port, sample_path, wait_for
-from tests.processes import COMMAND, WORKDIR, env_for, listening, run, serving
+from tests.processes import COMMAND, WORKDIR, Process, env_for, listening, run, serving
 from tests.test_client import job_event
 
 
@@ -303,3 +303,36 @@ def test_a_reader_that_goes_away_ends_the_output_quietly(
         _, errors = replay.communicate(timeout=30)
     assert errors == ""
     assert replay.returncode == 1
+
+
+def test_a_redis_url_that_can_never_work_stops_serve(redis_server: RedisServer) -> None:
+    env = env_for(
+        auth_keys=AUTH_KEY,
+        callback_url="https://h.example.com/cb",
+        redis_url=f"redis://127.0.0.1:{redis_server.port}/99",  # no such database
+    )
+    result = run("serve", "--port", str(free_port()), env=env)
+    assert result.returncode == 2
+    assert "VOD_WEBHOOK_REDIS_URL: redis://127.0.0.1" in result.stderr
+    assert "DB index is out of range" in result.stderr
+
+
+def test_a_redis_not_answering_yet_is_named_and_readiness_stays_down() -> None:
+    port = free_port()
+    settings = {"redis_url": f"redis://127.0.0.1:{free_port()}/0", "auth_keys": AUTH_KEY,
+                "callback_url": "https://h.example.com/cb"}  # fmt: skip
+    server = Process(["serve", "--port", str(port)], env_for(**settings))
+    try:
+        wait_for(lambda: _answers(f"http://127.0.0.1:{port}/healthz"), 15, "serve to listen")
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 503
+    finally:
+        server.stop()
+    [warning] = [log for log in server.json_logs() if log["event"] == "redis_unreachable"]
+    assert warning["variable"] == "VOD_WEBHOOK_REDIS_URL"
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False

@@ -26,7 +26,7 @@ from webhook.events import Envelope
 from webhook.keys import Keys
 from webhook.logs import configure_logging
 from webhook.reconcile import reconcile_once, run_reconciler
-from webhook.settings import ConfigError, Settings, load_settings, redis_url_of
+from webhook.settings import ConfigError, Settings, load_settings, redis_url_of, safe_url
 from webhook.signature import auth_key_problem, auth_key_weakness, callback_url_problem
 from webhook.store import Store, job_view
 from webhook.submitter import JobSpec, LineResult, Submitter
@@ -284,7 +284,7 @@ async def listen(settings: Settings, args: argparse.Namespace) -> int:
 
     def announce() -> None:
         where = f"group {args.group} as {args.consumer}" if args.group else channel
-        print(f"listening on {where} at {_safe_url(url)}", file=sys.stderr, flush=True)
+        print(f"listening on {where} at {safe_url(url)}", file=sys.stderr, flush=True)
 
     async def show(envelope: Envelope) -> None:
         print(envelope.model_dump_json(), flush=True)
@@ -588,15 +588,7 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
 
 def _redis_unavailable(settings: Settings, error: Exception) -> str:
     hint = "" if settings.redis_url else " (the embedded store runs inside `vod-webhook serve`)"
-    return f"Redis at {_safe_url(redis_url_of(settings))} is unavailable{hint}: {error}"
-
-
-def _safe_url(url: str) -> str:
-    """The URL without a password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    return f"Redis at {safe_url(redis_url_of(settings))} is unavailable{hint}: {error}"
 
 
 def _port(text: str) -> int:

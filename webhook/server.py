@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import math
 
+import redis
 import structlog
 import uvicorn
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from webhook.app import create_app
 from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.logs import configure_logging
-from webhook.settings import ConfigError, Settings, check_receiver_settings
+from webhook.settings import ConfigError, Settings, check_receiver_settings, safe_url
 from webhook.vod import Vod
 
 logger = structlog.get_logger("webhook.server")
@@ -27,6 +29,29 @@ class AppFactory:
     def __call__(self) -> Starlette:
         configure_logging(self.settings)
         return create_app(self.settings, freeze_gc=True)
+
+
+def check_redis(url: str, timeout: float) -> None:
+    """Stop on a Redis URL that can never work (a wrong password, no such database): every
+    callback would get 503 until VOD gives up. One that does not answer yet may: serve, with
+    readiness down until it does."""
+    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+    try:
+        client.ping()
+    except (AuthenticationError, ResponseError) as exc:
+        raise ConfigError(
+            f"VOD_WEBHOOK_REDIS_URL: {safe_url(url)} refuses this client: {exc}"
+        ) from None
+    except (RedisError, OSError) as exc:
+        logger.warning(
+            "redis_unreachable",
+            variable="VOD_WEBHOOK_REDIS_URL",
+            url=safe_url(url),
+            error=str(exc),
+            detail="serving anyway: callbacks get 503 and /readyz stays down until it answers",
+        )
+    finally:
+        client.close()
 
 
 def server_config(settings: Settings, *, host: str, port: int, workers: int) -> uvicorn.Config:
@@ -54,6 +79,8 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
     if settings.calls_vod:
         Vod.sdk_client(settings)  # missing credentials stop start-up here, with exit code 2
     configure_logging(settings)
+    if settings.redis_url is not None:
+        check_redis(settings.redis_url, settings.redis_timeout_seconds)
     config = server_config(settings, host=host, port=port, workers=workers)
     try:
         sock = config.bind_socket()

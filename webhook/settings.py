@@ -333,5 +333,13 @@ def redis_url_of(settings: Settings) -> str:
     return settings.redis_url or embedded_url(settings.embedded_port)
 
 
+def safe_url(url: str) -> str:
+    """The URL without a password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+
+
 def embedded_url(port: int) -> str:
     return f"redis://127.0.0.1:{port}/0"
