@@ -191,6 +191,16 @@ def test_listen_reports_an_unreachable_redis() -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    "command", [["jobs", "pending"], ["submit", "--video-id", "v", "--template-id", "t"]]
+)
+def test_commands_on_the_embedded_store_say_it_needs_serve(command: list[str]) -> None:
+    result = run(*command, env=env_for(embedded_port=str(free_port())))  # no serve runs
+    assert result.returncode == 1
+    assert "the embedded store lives inside a running `vod-webhook serve`" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 @pytest.mark.parametrize("command", ["serve", "listen", "send-test"])
 def test_every_command_explains_itself(command: str) -> None:
     result = run(command, "--help")

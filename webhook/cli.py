@@ -263,13 +263,14 @@ def main(argv: list[str] | None = None) -> int:
         }[args.command]
         settings = load_settings()
         configure_logging(settings)  # logs go to stderr; stdout carries the command's output
-        return asyncio.run(command(settings, args))
+        try:
+            return asyncio.run(command(settings, args))
+        except StoreUnavailable as exc:
+            return _fail(exc.detail + _embedded_hint(settings))
+        except RedisError as exc:
+            return _fail(f"Redis is unavailable: {exc}{_embedded_hint(settings)}")
     except ConfigError as exc:
         return _fail(str(exc), EXIT_USAGE)
-    except StoreUnavailable as exc:
-        return _fail(exc.detail)
-    except RedisError as exc:
-        return _fail(f"Redis is unavailable: {exc}")
     except VodError as exc:
         return _fail(f"VOD refused: {exc}")
     except KeyboardInterrupt:
@@ -587,8 +588,17 @@ def _fail(message: str, code: int = EXIT_FAILURE) -> int:
 
 
 def _redis_unavailable(settings: Settings, error: Exception) -> str:
-    hint = "" if settings.redis_url else " (the embedded store runs inside `vod-webhook serve`)"
-    return f"Redis at {safe_url(redis_url_of(settings))} is unavailable{hint}: {error}"
+    where = safe_url(redis_url_of(settings))
+    return f"Redis at {where} is unavailable: {error}{_embedded_hint(settings)}"
+
+
+def _embedded_hint(settings: Settings) -> str:
+    if settings.redis_url:
+        return ""
+    return (
+        " (no VOD_WEBHOOK_REDIS_URL is set: the embedded store lives inside a running "
+        "`vod-webhook serve`; start that first, or point VOD_WEBHOOK_REDIS_URL at Redis)"
+    )
 
 
 def _port(text: str) -> int:
