@@ -85,7 +85,7 @@ async def test_job_outcome_is_stored_streamed_and_published(
     )
     assert job["envelope_id"] == recorded.id
     assert job["source"] == "callback"
-    assert job["event_time"] == "2017-03-20T07:49:17+00:00"
+    assert job["event_time"] == "2017-03-20T07:49:17Z"
     assert 3500 < await redis_client.ttl(f"t:job:{job_id}") <= 3600
 
 

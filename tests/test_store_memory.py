@@ -56,6 +56,9 @@ async def test_a_job_record_outliving_its_stream_entry_still_answers(
     assert view["submission"]["template_id"] == "t"
     assert view["latency_ms"] is not None
     assert view["envelope_id"] == recorded.id
+    # Every time in one form, as the envelope writes them.
+    times = [view[name] for name in ("submitted_at", "completed_at", "received_at")]
+    assert all(isinstance(t, str) and t.endswith("Z") for t in times), times
     waited = await wait_for(redis_client, JOB, timeout=5, prefix="vod")
     assert waited.id == recorded.id
     assert waited.submission is not None

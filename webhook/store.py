@@ -352,6 +352,11 @@ def _passing(refusal: ResponseError) -> bool:
     ) or str(refusal).startswith(("MISCONF", "BUSY", "NOREPLICAS"))
 
 
+def _utc_text(moment: datetime | None) -> str | None:
+    """A time as envelopes and submissions write it: ISO 8601 ending in Z."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
 def _epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -372,8 +377,8 @@ def _outcome_fields(envelope: Envelope) -> dict[str, str]:
     """The fields of the job record that come from its outcome's envelope."""
     values: dict[str, object] = {
         "source": envelope.source,
-        "received_at": envelope.received_at.isoformat(),
-        "event_time": envelope.event_time.isoformat() if envelope.event_time else None,
+        "received_at": _utc_text(envelope.received_at),
+        "event_time": _utc_text(envelope.event_time),
     }
     if envelope.result is not None:
         values.update(envelope.result.model_dump())
@@ -395,12 +400,10 @@ def job_view(job_id: str, record: dict[str, str]) -> dict[str, Any]:
         "job_id": job_id,
         "status": record.get("status"),
         "video_id": record.get("video_id"),
-        "source": record.get("source"),
+        "source": envelope.source if envelope else record.get("source"),
         "submitted_at": submission.get("submitted_at") if submission else None,
-        "completed_at": envelope.event_time.isoformat()
-        if envelope and envelope.event_time
-        else None,
-        "received_at": record.get("received_at"),
+        "completed_at": _utc_text(envelope.event_time) if envelope else None,
+        "received_at": _utc_text(envelope.received_at) if envelope else record.get("received_at"),
         "latency_ms": submission.get("latency_ms") if submission else None,
         "submission": submission,
         "result": envelope.result.model_dump() if envelope and envelope.result else None,
