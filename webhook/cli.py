@@ -236,7 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     emulator.add_argument("--drop-rate", type=_rate, default=0.0, help="callbacks never sent")
     emulator.add_argument("--duplicate-rate", type=_rate, default=0.0, help="callbacks sent twice")
     emulator.add_argument("--fail-rate", type=_rate, default=0.0, help="jobs that fail")
-    emulator.add_argument("--qps", type=float, default=30.0, help="API calls/s per AccessKey")
+    emulator.add_argument(
+        "--qps", type=float, default=30.0, help="SubmitDynamicImageJob calls/s per AccessKey"
+    )
+    emulator.add_argument(
+        "--list-qps", type=float, default=100.0, help="ListDynamicImage calls/s per AccessKey"
+    )
+    emulator.add_argument(
+        "--callback-qps",
+        type=float,
+        default=15.0,
+        help="Set/GetMessageCallback calls/s per AccessKey",
+    )
     emulator.add_argument("--seed", type=int, help="seed for the fault knobs")
     return parser
 
@@ -546,6 +557,8 @@ def run_emulator(args: argparse.Namespace) -> int:
             duplicate_rate=args.duplicate_rate,
             fail_rate=args.fail_rate,
             qps=args.qps,
+            list_qps=args.list_qps,
+            callback_qps=args.callback_qps,
             seed=args.seed,
         )
     except ValueError as exc:

@@ -14,7 +14,10 @@ What it reproduces:
   ``ServerException`` with ``code``, ``status_code`` and ``request_id`` set.
 - ``SubmitDynamicImageJob``, ``ListDynamicImage``, ``SetMessageCallback`` and
   ``GetMessageCallback``; every other action is ``InvalidAction.NotFound``.
-- A per-AccessKeyId limit of ``qps`` requests in any one-second window (``Throttling.User``).
+- VOD's quotas, per AccessKeyId and per API as at VOD, in any one-second window
+  (``Throttling.User``): ``qps`` for SubmitDynamicImageJob (30), ``list_qps`` for
+  ListDynamicImage (100), ``callback_qps`` for Set/GetMessageCallback (15; VOD documents it for
+  SetMessageCallback).
 - VOD's callback: ``delay`` seconds after submission the job ends and a ``DynamicImageComplete``
   event is POSTed to the configured URL, signed with ``X-VOD-TIMESTAMP`` / ``X-VOD-SIGNATURE``
   when authentication is on. Only HTTP 200 within 5 s counts; otherwise it is retried at 1 s
@@ -113,7 +116,12 @@ class EmulatorOptions:
     fail_rate: float = 0.0
     """Fraction of jobs that end with Status "fail" (and are not listed)."""
     qps: float = 30.0
-    """Requests allowed per AccessKeyId in any one-second window; over it: Throttling.User."""
+    """SubmitDynamicImageJob calls allowed per AccessKeyId in any one-second window; over it:
+    Throttling.User. Each API has its own quota, as at VOD."""
+    list_qps: float = 100.0
+    """The same for ListDynamicImage."""
+    callback_qps: float = 15.0
+    """The same for SetMessageCallback and GetMessageCallback (each its own)."""
     seed: int | None = None
     """Seed for the fault injection, to make it reproducible."""
 
@@ -123,8 +131,9 @@ class EmulatorOptions:
                 raise ValueError(f"{name} must be between 0 and 1")
         if self.delay < 0:
             raise ValueError("delay must not be negative")
-        if self.qps <= 0:
-            raise ValueError("qps must be positive")
+        for name in ("qps", "list_qps", "callback_qps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
         if self.callback_url is not None and (why := callback_url_problem(self.callback_url)):
             raise ValueError(f"callback_url {why}")
         if self.auth_key is not None and (why := auth_key_problem(self.auth_key)):
@@ -242,17 +251,16 @@ def check_request_date(value: str, now: datetime) -> None:
 class SlidingWindowLimiter:
     """At most `limit` admissions per key in any window of `window` seconds (no burst above)."""
 
-    def __init__(self, limit: float, window: float = 1.0) -> None:
-        self.limit = limit
+    def __init__(self, window: float = 1.0) -> None:
         self.window = window
         self._admitted: dict[str, deque[float]] = {}
 
-    def admit(self, key: str) -> bool:
+    def admit(self, key: str, limit: float) -> bool:
         now = time.monotonic()
         admitted = self._admitted.setdefault(key, deque())
         while admitted and admitted[0] <= now - self.window:
             admitted.popleft()
-        if len(admitted) >= self.limit:
+        if len(admitted) >= limit:
             return False
         admitted.append(now)
         return True
@@ -512,7 +520,13 @@ class Emulator:
             auth_switch="on" if options.auth_key else "off",
         )
         self._random = random.Random(options.seed)
-        self._limiter = SlidingWindowLimiter(options.qps)
+        self._limiter = SlidingWindowLimiter()
+        self._quotas = {
+            "SubmitDynamicImageJob": options.qps,
+            "ListDynamicImage": options.list_qps,
+            "SetMessageCallback": options.callback_qps,
+            "GetMessageCallback": options.callback_qps,
+        }
         # A nonce must stay remembered as long as its x-acs-date is still accepted.
         self._nonces = NonceRegister(2 * MAX_CLOCK_SKEW_SECONDS)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -554,7 +568,7 @@ class Emulator:
                     "InvalidAction.NotFound",
                     "Specified api is not found, please check your url and method.",
                 )
-            if not self._limiter.admit(access_key_id):
+            if not self._limiter.admit(f"{access_key_id}:{action}", self._quotas[action or ""]):
                 raise PopError(
                     400, "Throttling.User", "Request was denied due to user flow control."
                 )
