@@ -6,7 +6,6 @@ import json
 import signal
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -129,6 +128,17 @@ def test_one_log_line_per_callback_and_no_secrets(redis_server: RedisServer) -> 
     assert "X-VOD-SIGNATURE:" not in everything
 
 
+def unread_by_server(server_port: int, client_port: int) -> int | None:
+    """Bytes the server has not read yet from this loopback connection (Linux's view of the
+    server's socket), None while it has no such socket."""
+    wanted = (f"0100007F:{server_port:04X}", f"0100007F:{client_port:04X}")
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if (fields[1], fields[2]) == wanted:
+            return int(fields[4].split(":")[1], 16)
+    return None
+
+
 def test_sigterm_lets_an_in_flight_callback_finish(
     redis_server: RedisServer, redis_sync: redis.Redis
 ) -> None:
@@ -144,9 +154,11 @@ def test_sigterm_lets_an_in_flight_callback_finish(
             )
             head += "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
             conn.sendall(head.encode() + body[:20])
-            time.sleep(0.3)
+            client_port = conn.getsockname()[1]
+            wait_for(lambda: unread_by_server(int(port), client_port) == 0, 10, "the read")
             server.popen.send_signal(signal.SIGTERM)
-            time.sleep(0.5)
+            # The server is draining, with this request's body still incomplete.
+            wait_for(lambda: "Shutting down" in "".join(server.stderr), 10, "the drain")
             conn.sendall(body[20:])
             answer = conn.recv(4096).decode()
         assert answer.startswith("HTTP/1.1 200"), answer
