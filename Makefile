@@ -4,6 +4,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+# Test processes (pytest-xdist); each has its own redis-server. TEST_WORKERS=0 runs in one.
+TEST_WORKERS ?= 2
 
 .PHONY: run test lint bench faults lock redis-server wrk
 
@@ -23,7 +25,7 @@ test: $(STAMP) redis-server wrk
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## bench: measure the callback hot path with wrk against same-run baselines (table and
 ## .bench/report.json; BENCH_ARGS="--seconds 2 --rounds 1" for a quick run), then the shared
