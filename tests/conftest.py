@@ -209,9 +209,12 @@ async def serve_app() -> AsyncIterator[ServeApp]:
 
 
 @pytest.fixture
-def start_receiver(make_settings: Callable[..., Settings], serve_app: ServeApp) -> Receiver:
-    """Serve the receiver; returns its base URL. With `self_registered=True` its CALLBACK_URL
-    is the URL it is served at, as for a VOD (or emulator) that posts where it signs."""
+def start_receiver(
+    make_settings: Callable[..., Settings], serve_app: ServeApp, redis_sync: redis.Redis
+) -> Receiver:
+    """Serve the receiver on the session's Redis, flushed first (no test sees another's jobs);
+    returns its base URL. With `self_registered=True` its CALLBACK_URL is the URL it is served
+    at, as for a VOD (or emulator) that posts where it signs."""
 
     async def start(*, self_registered: bool = False, **overrides: Any) -> str:
         def build(base: str) -> ASGIApp:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from tests.conftest import (
     AUTH_KEY,
@@ -25,6 +26,7 @@ from tests.processes import serving
 from webhook.app import create_app
 from webhook.settings import ConfigError, Settings
 from webhook.signature import sign
+from webhook.store import Store
 
 SUCCESS = sample_path("dynamic_image_success.json").read_bytes()
 JOB_ID = json.loads(SUCCESS)["JobId"]
@@ -51,6 +53,26 @@ async def test_signed_callback_is_stored_and_acknowledged(
     entries = await stream_entries(redis_client, "vod:stream")
     assert [entry_id for entry_id, _ in entries] == [answer["id"]]
     assert (await redis_client.hgetall(f"vod:job:{JOB_ID}"))["status"] == "success"
+
+
+async def test_a_bug_answers_500_as_json_and_is_logged(
+    start_receiver: Receiver, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: Store, envelope: object) -> None:
+        raise RuntimeError("a bug")
+
+    base = await start_receiver()
+    monkeypatch.setattr(Store, "record", broken)
+    with capture_logs() as logs:
+        response = await post(http, base)
+    assert response.status_code == 500
+    assert response.json() == {
+        "error": "internal_error",
+        "detail": "internal error; see the server log",
+    }
+    [failure] = [log for log in logs if log["event"] == "request_failed"]
+    assert failure["path"] == "/callbacks/vod"
+    assert failure["exc_info"]  # with its traceback, in the log only
 
 
 async def test_signature_covers_the_registered_url_not_the_request_url(

@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -358,3 +359,17 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_an_install_without_the_commands_extras_says_what_to_install() -> None:
+    # As a bare `pip install vod-webhook` would be: orjson (of the [cli] extra) missing.
+    code = (
+        "import sys; sys.modules['orjson'] = None; sys.argv = ['vod-webhook', '--help']; "
+        "from webhook.__main__ import main; sys.exit(main())"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=WORKDIR, timeout=60
+    )
+    assert result.returncode == 2
+    assert "needs the package 'orjson'" in result.stderr
+    assert "pip install 'vod-webhook[all]'" in result.stderr
