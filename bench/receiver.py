@@ -36,7 +36,6 @@ from typing import Any
 
 import httpx
 import redis
-from redis.asyncio import Redis
 
 from bench import load
 from bench.processes import (
@@ -179,13 +178,7 @@ def finished_jobs(redis_url: str, callback_url: str, *, submitted: bool) -> list
     spec = JobSpec(video_id="send-test-video", template_id=uuid.uuid4().hex)
 
     async def record() -> None:
-        settings = Settings()
-        store = Store(
-            Redis.from_url(redis_url, decode_responses=True),
-            prefix=settings.key_prefix,
-            stream_maxlen=settings.stream_maxlen,
-            dedup_ttl_seconds=settings.dedup_ttl_seconds,
-        )
+        store = Store.from_settings(Settings(_env_file=None, redis_url=redis_url))
         try:
             for job_id in job_ids:
                 # VOD's RequestId is an upper-case UUID.
