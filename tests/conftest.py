@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import os
 import shutil
@@ -75,6 +76,14 @@ class RedisServer:
             self.process.terminate()
             self.process.wait(10)
             self.process = None
+
+
+@pytest.fixture(autouse=True)
+def _leaks_fail_their_own_test() -> Iterator[None]:
+    """Collect garbage as each test ends, so a socket, pipe or client it left open warns (an
+    error, see filterwarnings) in that test, not in whichever one runs when the GC does."""
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="session")
