@@ -6,6 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import structlog
@@ -29,77 +31,99 @@ logger = structlog.get_logger("webhook.api")
 REPLAY_PAGE = 32
 
 
-def read_api_routes(settings: Settings, store: Store, feed: StreamFeed) -> list[BaseRoute]:
-    assert settings.api_token is not None
-    # Digests of equal length are compared, so the time taken reveals nothing of the token,
-    # not even its length (compare_digest leaks the lengths of what it compares).
-    token = hashlib.sha256(settings.api_token.get_secret_value().encode()).digest()
+class ReadApi:
+    """`GET /events` and `GET /jobs/{job_id}`, each request authorized by the bearer token."""
 
-    def authorize(request: Request) -> None:
+    def __init__(self, settings: Settings, store: Store, feed: StreamFeed) -> None:
+        assert settings.api_token is not None
+        # Digests of equal length are compared, so the time taken reveals nothing of the token,
+        # not even its length (compare_digest leaks the lengths of what it compares).
+        self.token = hashlib.sha256(settings.api_token.get_secret_value().encode()).digest()
+        self.store = store
+        self.feed = feed
+        self.max_event_streams = settings.max_event_streams
+        self.heartbeat_seconds = settings.sse_heartbeat_seconds
+
+    def routes(self) -> list[BaseRoute]:
+        return [
+            Route("/events", self.events, methods=["GET"]),
+            Route("/jobs/{job_id}", self.job, methods=["GET"]),
+        ]
+
+    def authorize(self, request: Request) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         offered = hashlib.sha256(given.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(offered, token):
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered, self.token):
             raise Unauthorized("send Authorization: Bearer <VOD_WEBHOOK_API_TOKEN>")
 
-    async def events(request: Request) -> Response:
-        authorize(request)
-        event_type = request.query_params.get("type")
-        job_id = request.query_params.get("job")
-        since = request.headers.get("last-event-id") or request.query_params.get("since")
-        try:
-            after = stream_position(since) if since is not None else None
-        except ValueError as exc:
-            raise BadRequest(f"since / Last-Event-ID: {exc}") from None
-
-        if feed.connections >= settings.max_event_streams:
+    async def events(self, request: Request) -> Response:
+        self.authorize(request)
+        query = EventsQuery.of(request)
+        if self.feed.connections >= self.max_event_streams:
             raise TooManyStreams(
-                f"{settings.max_event_streams} event streams are open on this process; "
+                f"{self.max_event_streams} event streams are open on this process; "
                 "retry later, or use the stream in Redis directly"
             )
+        return _FeedResponse(self.feed, partial(self.stream, query), self.heartbeat_seconds)
 
-        def wanted(entry: Entry) -> bool:
-            if event_type is None and job_id is None:
-                return True  # sent as stored, without reading it
-            route = entry.route()  # None: not an envelope, skipped (and logged once)
-            return route is not None and matches(route, event_type=event_type, job_id=job_id)
+    async def stream(self, query: EventsQuery, live: Subscription) -> AsyncIterator[bytes]:
+        """History after `query.after`, then live entries: what `query` wants of each."""
+        # Live entries queue up while history is replayed, so the hand-over loses nothing.
+        last = (0, -1)
+        if query.after is not None:
+            store = self.store
+            try:
+                async for entry in history(
+                    store.redis, store.keys.stream, query.after, REPLAY_PAGE
+                ):
+                    last = entry.order
+                    if query.wants(entry):
+                        yield entry.sse
+            except (RedisError, OSError) as exc:
+                logger.warning("events_replay_interrupted", detail=str(exc))
+                return  # the client retries from its Last-Event-ID
+        while True:
+            try:
+                batch = await live.next()  # at most WRITE_BYTES of events
+            except Ended:
+                return  # the client reconnects with Last-Event-ID and catches up
+            # One write for up to WRITE_BYTES of events, each encoded once for all clients.
+            chunk = [entry.sse for entry in batch if entry.order > last and query.wants(entry)]
+            if chunk:
+                yield b"".join(chunk)  # one item: joined without a copy
 
-        async def stream(live: Subscription) -> AsyncIterator[bytes]:
-            # Live entries queue up while history is replayed, so the hand-over loses nothing.
-            last = (0, -1)
-            if after is not None:
-                try:
-                    async for entry in history(store.redis, store.keys.stream, after, REPLAY_PAGE):
-                        last = entry.order
-                        if wanted(entry):
-                            yield entry.sse
-                except (RedisError, OSError) as exc:
-                    logger.warning("events_replay_interrupted", detail=str(exc))
-                    return  # the client retries from its Last-Event-ID
-            while True:
-                try:
-                    batch = await live.next()  # at most WRITE_BYTES of events
-                except Ended:
-                    return  # the client reconnects with Last-Event-ID and catches up
-                # One write for up to WRITE_BYTES of events, each encoded once for all clients.
-                chunk = [entry.sse for entry in batch if entry.order > last and wanted(entry)]
-                if chunk:
-                    yield b"".join(chunk)  # one item: joined without a copy
-
-        return _FeedResponse(feed, stream, settings.sse_heartbeat_seconds)
-
-    async def job(request: Request) -> Response:
-        authorize(request)
+    async def job(self, request: Request) -> Response:
+        self.authorize(request)
         job_id = request.path_params["job_id"]
-        record = await store.job(job_id)
+        record = await self.store.job(job_id)
         if record is None:
             raise NotFound(f"no job {job_id} is recorded")
         view: dict[str, Any] = job_view(job_id, record)
         return JSONResponse(view)
 
-    return [
-        Route("/events", events, methods=["GET"]),
-        Route("/jobs/{job_id}", job, methods=["GET"]),
-    ]
+
+@dataclass(frozen=True)
+class EventsQuery:
+    """What an `/events` request asks for: a type, a job, and where to resume."""
+
+    event_type: str | None
+    job_id: str | None
+    after: str | None  # a stream id: replay what came after it first
+
+    @classmethod
+    def of(cls, request: Request) -> EventsQuery:
+        since = request.headers.get("last-event-id") or request.query_params.get("since")
+        try:
+            after = stream_position(since) if since is not None else None
+        except ValueError as exc:
+            raise BadRequest(f"since / Last-Event-ID: {exc}") from None
+        return cls(request.query_params.get("type"), request.query_params.get("job"), after)
+
+    def wants(self, entry: Entry) -> bool:
+        if self.event_type is None and self.job_id is None:
+            return True  # sent as stored, without reading it
+        route = entry.route()  # None: not an envelope, skipped (and logged once)
+        return route is not None and matches(route, event_type=self.event_type, job_id=self.job_id)
 
 
 class _FeedResponse(Response):

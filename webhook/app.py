@@ -1,4 +1,5 @@
-"""The Starlette app: the VOD callback route, probes, and where errors become HTTP answers."""
+"""The Starlette app: its routes, the services beside them (a lifespan), the request id, and
+where errors become HTTP answers."""
 
 from __future__ import annotations
 
@@ -8,36 +9,26 @@ import os
 import re
 import signal
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
-from datetime import UTC, datetime
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager, suppress
 from types import FrameType
 from typing import Any
 
-import orjson
 import structlog
 from starlette.applications import Starlette
 from starlette.datastructures import State
 from starlette.exceptions import HTTPException
-from starlette.requests import ClientDisconnect, Request
+from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from webhook.api import read_api_routes
-from webhook.errors import (
-    BadRequest,
-    PayloadError,
-    PayloadTooLarge,
-    RequestIncomplete,
-    StoreUnavailable,
-    WebhookError,
-)
-from webhook.events import parse_callback
+from webhook.api import ReadApi
+from webhook.errors import StoreUnavailable, WebhookError
 from webhook.feed import StreamFeed
+from webhook.receiver import CallbackReceiver, json_response
 from webhook.reconcile import run_reconciler
 from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
-from webhook.signature import verify_signature
 from webhook.store import Store, UnsupportedRedis
 from webhook.verify import VerifyOptions, drain_held, run_verifier
 from webhook.vod import Vod
@@ -53,7 +44,6 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
     `freeze_gc`: once started, keep the cyclic GC off everything start-up made (a server
     process; not an app among many in one process, as in tests)."""
     check_receiver_settings(settings)
-    auth_keys = [key.get_secret_value() for key in settings.auth_keys]
     store = Store.from_settings(settings)
     # Built now so missing credentials stop start-up rather than the first pass.
     vod = Vod.from_settings(settings, store.redis) if settings.calls_vod else None
@@ -67,86 +57,106 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
         if settings.api_token is not None
         else None
     )
+    routes: list[BaseRoute] = [
+        Route(settings.callback_path, CallbackReceiver(settings, store).receive, methods=["POST"]),
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", Readiness(store).readyz, methods=["GET"]),
+    ]
+    if feed is not None:
+        routes += ReadApi(settings, store, feed).routes()
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(RequestIdMiddleware)],
+        exception_handlers={
+            WebhookError: _webhook_error,
+            HTTPException: _http_error,
+            Exception: _unexpected_error,
+        },
+        lifespan=Services(settings, store, vod, feed, freeze_gc=freeze_gc).run,
+    )
 
-    async def receive_callback(request: Request) -> Response:
-        started = time.perf_counter()
-        log = logger.bind(request_id=request.scope["state"]["request_id"])
-        try:
-            received_at = datetime.now(UTC)
-            _check_content_length(request, settings.max_body_bytes)
-            if auth_keys:
-                verify_signature(
-                    timestamp=request.headers.get("x-vod-timestamp"),
-                    signature=request.headers.get("x-vod-signature"),
-                    callback_url=settings.callback_url or "",
-                    auth_keys=auth_keys,
-                    now=time.time(),
-                    max_skew_seconds=settings.max_skew_seconds,
-                )
-            body = await _read_body(request, settings.max_body_bytes)
-            envelope = parse_callback(body, received_at)
-            log = log.bind(event_type=envelope.event_type, job_id=envelope.job_id)
-            # VOD does not sign the body: with VERIFY_OUTCOMES a job outcome is held, stored,
-            # until ListDynamicImage confirms it (webhook/verify.py).
-            hold = settings.verify_outcomes and envelope.is_job_outcome and bool(envelope.job_id)
-            recorded = await (store.hold(envelope) if hold else store.record(envelope))
-        except WebhookError as exc:
-            log.warning(
-                "callback_rejected",
-                status=exc.status_code,
-                error=exc.code,
-                detail=exc.detail,
-                duration_ms=_ms_since(started),
-            )
-            raise
-        outcome = "duplicate" if recorded.duplicate else "held" if hold else "accepted"
-        log.info(f"callback_{outcome}", id=recorded.id, status=200, duration_ms=_ms_since(started))
-        return _json_response(
-            {
-                "status": outcome,
-                "duplicate": recorded.duplicate,
-                "id": recorded.id,
-                "event_type": envelope.event_type,
-                "job_id": envelope.job_id,
-            }
-        )
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
 
-    async def readyz(request: Request) -> Response:
+
+class Readiness:
+    """Ready: the store answers and the process is not shutting down."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def readyz(self, request: Request) -> Response:
         if request.app.state.draining:
             raise StoreUnavailable("shutting down", "shutting_down")
-        await store.ensure_ready()
+        await self.store.ensure_ready()
         return JSONResponse({"status": "ready"})
 
+
+class Services:
+    """What runs beside the routes, from start-up to shutdown: the store, the feed of
+    `/events`, verification (or the drain) of held outcomes, reconciliation, and readiness
+    going down on SIGTERM."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        vod: Vod | None,
+        feed: StreamFeed | None,
+        *,
+        freeze_gc: bool,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.vod = vod
+        self.feed = feed
+        self.freeze_gc = freeze_gc
+
     @asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    async def run(self, app: Starlette) -> AsyncIterator[None]:
         app.state.draining = False
+        async with AsyncExitStack() as running:  # stopped in reverse order
+            running.push_async_callback(self.store.close)
+            await self._open_store()
+            self._warn_about_settings()
+            end_streams = self.feed.close if self.feed is not None else None
+            running.callback(_mark_draining_on_signal(app.state, end_streams))
+            if self.freeze_gc:
+                _freeze_startup_objects()
+            if self.feed is not None:
+                self.feed.start()
+                running.push_async_callback(self.feed.stop)
+            for work in self._background_work():
+                running.push_async_callback(_cancel, asyncio.create_task(work))
+            yield
+
+    async def _open_store(self) -> None:
         try:
-            await store.ensure_ready()
-            logger.info("store_ready", key_prefix=settings.key_prefix)
+            await self.store.ensure_ready()
+            logger.info("store_ready", key_prefix=self.settings.key_prefix)
         except UnsupportedRedis as exc:
             logger.error("redis_unsupported", detail=exc.detail)
             raise
-        except StoreUnavailable as exc:
+        except StoreUnavailable as exc:  # readiness stays down until it answers
             logger.warning("store_unavailable", detail=exc.detail)
-        if not auth_keys:
+
+    def _warn_about_settings(self) -> None:
+        if not self.settings.auth_keys:
             logger.warning("signature_check_disabled", reason="ALLOW_UNSIGNED is set")
-        if weak := weak_auth_keys(settings):
+        if weak := weak_auth_keys(self.settings):
             logger.warning(
                 "weak_auth_keys_allowed", reason="ALLOW_WEAK_AUTH_KEYS is set", keys=weak
             )
-        restore_signals = _mark_draining_on_signal(app.state, feed.close if feed else None)
-        if freeze_gc:
-            _freeze_startup_objects()
-        if feed is not None:
-            feed.start()
-        reconciler = verifier = None
-        if vod is not None and settings.verify_outcomes:
-            verifier = asyncio.create_task(
-                run_verifier(store, vod, VerifyOptions(attempts=settings.verify_attempts))
-            )
+
+    def _background_work(self) -> list[Coroutine[Any, Any, None]]:
+        settings, store, vod = self.settings, self.store, self.vod
+        work: list[Coroutine[Any, Any, None]] = []
+        if not settings.verify_outcomes:
+            # Outcomes a verifying deployment held (and answered 200 for) must still go out.
+            work.append(drain_held(store))
+        elif vod is not None:
+            work.append(run_verifier(store, vod, VerifyOptions(attempts=settings.verify_attempts)))
             if not settings.reconcile:
                 logger.warning(
                     "verify_without_reconcile",
@@ -154,11 +164,8 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
                     "recovered only by reconciliation: set VOD_WEBHOOK_RECONCILE=true here or "
                     "run `vod-webhook reconcile`",
                 )
-        elif not settings.verify_outcomes:
-            # Outcomes a verifying deployment held (and answered 200 for) must still go out.
-            verifier = asyncio.create_task(drain_held(store))
         if vod is not None and settings.reconcile:
-            reconciler = asyncio.create_task(
+            work.append(
                 run_reconciler(
                     store,
                     vod,
@@ -167,40 +174,16 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
                     deadline_seconds=settings.reconcile_deadline_seconds,
                 )
             )
-        try:
-            yield
-        finally:
-            for task in (reconciler, verifier):
-                if task is not None:
-                    task.cancel()
-                    with suppress(asyncio.CancelledError):
-                        await task
-            if feed is not None:
-                await feed.stop()
-            restore_signals()
-            await store.close()
-
-    routes: list[BaseRoute] = [
-        Route(settings.callback_path, receive_callback, methods=["POST"]),
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-    ]
-    if feed is not None:
-        routes += read_api_routes(settings, store, feed)
-    app = Starlette(
-        routes=routes,
-        exception_handlers={
-            WebhookError: _webhook_error,
-            HTTPException: _http_error,
-            Exception: _unexpected_error,
-        },
-        lifespan=lifespan,
-    )
-    app.add_middleware(_RequestIdMiddleware)
-    return app
+        return work
 
 
-class _RequestIdMiddleware:
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with suppress(asyncio.CancelledError):
+        await task
+
+
+class RequestIdMiddleware:
     """Give every request an id (the caller's X-Request-Id when sane) and echo it back."""
 
     def __init__(self, app: Callable[..., Any]) -> None:
@@ -237,35 +220,6 @@ def _freeze_startup_objects() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*_GC_THRESHOLDS)
-
-
-def _check_content_length(request: Request, limit: int) -> None:
-    declared = request.headers.get("content-length")
-    if declared is None:
-        return
-    if not declared.isdigit():
-        raise BadRequest("Content-Length must be a non-negative integer")
-    if int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the {limit}-byte limit")
-
-
-async def _read_body(request: Request, limit: int) -> bytes:
-    """Read at most `limit` bytes; a longer body is refused as soon as it passes the limit."""
-    chunks: list[bytes] = []
-    size = 0
-    try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"body exceeds the {limit}-byte limit")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise RequestIncomplete(
-            f"the connection ended after {size} bytes of the body, before its end"
-        ) from None
-    if size == 0:
-        raise PayloadError("body is empty; expected a JSON VOD event", "invalid_json")
-    return b"".join(chunks)
 
 
 def _mark_draining_on_signal(
@@ -306,14 +260,7 @@ def _mark_draining_on_signal(
 def _error_response(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None
 ) -> Response:
-    return _json_response({"error": code, "detail": detail}, status, headers)
-
-
-def _json_response(
-    content: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None
-) -> Response:
-    """JSONResponse's compact JSON, rendered by orjson."""
-    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+    return json_response({"error": code, "detail": detail}, status, headers)
 
 
 async def _webhook_error(request: Request, exc: Exception) -> Response:
@@ -333,7 +280,3 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 async def _unexpected_error(request: Request, exc: Exception) -> Response:
     logger.exception("request_failed", path=request.url.path)
     return _error_response(500, "internal_error", "internal error; see the server log")
-
-
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
