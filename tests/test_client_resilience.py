@@ -110,6 +110,28 @@ async def test_an_entry_that_is_no_envelope_is_dead_lettered_at_once(
     assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 0
 
 
+async def test_an_entry_trimmed_from_the_stream_while_pending_is_let_go(
+    redis_client: Redis, make_store: StoreFactory
+) -> None:
+    store = make_store(redis_client)
+    lost = await store.record(job_event("lost"))
+    stop = asyncio.Event()
+
+    async def crash(envelope: Envelope) -> None:
+        stop.set()
+        raise ValueError("crashed before acknowledging")
+
+    async with asyncio.timeout(10):
+        await consume(redis_client, "g", "a", crash, options=FAST, stop=stop)
+    assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 1
+    # The stream's cap removes the entry while it waits for this consumer.
+    await redis_client.xdel("vod:stream", lost.id)
+    await store.record(job_event("next"))
+    assert await consume_until_first(redis_client) == ["next"]
+    assert (await redis_client.xpending("vod:stream", "g"))["pending"] == 0
+    assert await redis_client.xlen("vod:deadletter") == 0
+
+
 @pytest.mark.parametrize("given_before", [False, True], ids=["fresh", "pending-at-start"])
 async def test_stop_takes_effect_after_the_entry_in_hand(
     redis_client: Redis, given_before: bool, make_store: StoreFactory

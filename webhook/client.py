@@ -357,7 +357,10 @@ class _ConsumerLoop:
 
     async def handle(self, entry_id: str, fields: dict[str, str] | None) -> None:
         redis, keys, group = self.redis, self.keys, self.group
-        if fields is None:  # trimmed from the stream while pending
+        if not fields:
+            # Trimmed from the stream while pending (redis-py reads it as no fields; XADD never
+            # writes an entry without any): nothing is left to handle or to dead-letter.
+            logger.warning("pending_entry_trimmed", id=entry_id, group=group)
             await redis.xack(keys.stream, group, entry_id)
             return
         try:
