@@ -12,8 +12,8 @@ import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
 
-from tests.conftest import Receiver, vod_headers
-from tests.test_app import SUCCESS
+from tests.conftest import Receiver, RedisServer, vod_headers
+from tests.test_app import SUCCESS, job_body, post
 from tests.test_client import job_event, upload_event
 from webhook.feed import Ended, Entry, Subscription
 from webhook.store import Store
@@ -135,6 +135,36 @@ async def test_last_event_id_resumes_exactly_after_what_was_seen(
     async with events(http, f"{base}/events?since=0", {"Last-Event-ID": seen[-1][0]}) as source:
         resumed = await take(source, 3)
     assert [entry_id for entry_id, _ in resumed] == ids[2:]
+
+
+async def test_open_streams_go_on_after_redis_restarts(
+    start_receiver: Receiver, http: httpx.AsyncClient, own_redis: RedisServer
+) -> None:
+    base = await start_receiver(redis_url=own_redis.url, api_token=TOKEN)
+    async with events(http, f"{base}/events") as source:
+        assert (await post(http, base, job_body(1))).status_code == 200
+        [(_, before)] = await take(source, 1)
+        own_redis.stop()  # the feed's read fails; it retries until Redis is back
+        own_redis.start()
+        assert (await post(http, base, job_body(2))).status_code == 200
+        [(_, after)] = await take(source, 1)
+    assert [before["job_id"], after["job_id"]] == [f"{1:032x}", f"{2:032x}"]
+
+
+async def test_a_replay_redis_cannot_serve_ends_the_stream_for_the_client_to_retry(
+    start_receiver: Receiver, http: httpx.AsyncClient, own_redis: RedisServer
+) -> None:
+    base = await start_receiver(redis_url=own_redis.url, api_token=TOKEN)
+    assert (await post(http, base, job_body(1))).status_code == 200
+    own_redis.stop()
+    async with events(http, f"{base}/events?since=0") as source:
+        async with asyncio.timeout(10):
+            assert [event async for event in source] == []  # ended, not hanging
+    own_redis.start()
+    assert (await post(http, base, job_body(2))).status_code == 200
+    async with events(http, f"{base}/events?since=0") as source:
+        [(_, envelope)] = await take(source, 1)  # Redis kept nothing of job 1
+    assert envelope["job_id"] == f"{2:032x}"
 
 
 async def test_bad_since_is_a_400(start_receiver: Receiver, http: httpx.AsyncClient) -> None:
