@@ -217,6 +217,29 @@ async def test_batch_reports_bad_lines_and_a_rerun_submits_nothing_again(
     assert len(await world.emulator_jobs()) == 2
 
 
+async def test_two_runs_of_one_batch_at_once_submit_each_line_once(
+    start_world: StartWorld,
+) -> None:
+    world = await start_world()
+    lines = [f'{{"video_id": "v{n}", "template_id": "t"}}' for n in range(8)]
+    runs = await asyncio.gather(
+        world.submitter.submit_batch(lines), world.submitter.submit_batch(lines)
+    )
+    jobs = await world.emulator_jobs()
+    assert sorted(job["video_id"] for job in jobs) == [f"v{n}" for n in range(8)]
+    for line in range(1, 9):
+        first, second = (run.results[line - 1] for run in runs)
+        # One run submitted the line; the other found it claimed (still being submitted) or
+        # already done, and submitted nothing.
+        submitted, other = sorted((first, second), key=lambda r: r.status != "submitted")
+        assert submitted.status == "submitted", (first, second)
+        if other.status == "skipped":
+            assert other.job_id == submitted.job_id
+        else:
+            assert other.status == "failed"
+            assert "not submitted: claimed by a run" in (other.error or "")
+
+
 async def test_callback_before_submission_still_yields_one_correlated_envelope(
     start_world: StartWorld, redis_client: Redis
 ) -> None:
