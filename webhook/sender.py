@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 
 import httpx
 
+from webhook.events import DYNAMIC_IMAGE_COMPLETE
 from webhook.signature import sign
 
 
@@ -17,7 +18,7 @@ def sample_dynamic_image_event(job_id: str | None = None) -> dict[str, object]:
     job_id = job_id or uuid.uuid4().hex
     return {
         "EventTime": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "EventType": "DynamicImageComplete",
+        "EventType": DYNAMIC_IMAGE_COMPLETE,
         "VideoId": "send-test-video",
         "Status": "success",
         "JobId": job_id,
