@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Test processes (pytest-xdist); each has its own redis-server. TEST_WORKERS=0 runs in one.
 TEST_WORKERS ?= 2
 
-.PHONY: run test bench faults lock redis-server wrk
+.PHONY: run test bench faults floors lock redis-server wrk
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("vod-webhook needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -59,6 +59,16 @@ wrk:
 	  $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; } || \
 	  echo "wrk could not be installed: the bench uses its Python load generator"; }
+
+## floors: the whole suite on the lowest versions the core dependencies allow (pyproject.toml's
+## floors of pydantic, redis and structlog, what a subscriber may have pinned); the rest resolved
+## anew, in a venv of its own
+FLOORS := pydantic==2.7.0 redis==5.2.0 structlog==24.1.0
+floors: redis-server wrk
+	rm -rf .floors-venv && $(PYTHON) -m venv .floors-venv
+	.floors-venv/bin/python -m pip install --quiet --upgrade pip
+	.floors-venv/bin/python -m pip install --quiet $(FLOORS) -e '.[dev]'
+	.floors-venv/bin/pytest -n $(TEST_WORKERS) -p no:cacheprovider $(PYTEST_ARGS)
 
 ## lock: re-resolve the newest allowed versions into constraints.txt
 lock:

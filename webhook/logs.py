@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import orjson
 import structlog
@@ -17,10 +17,19 @@ import structlog
 from webhook.settings import Settings
 
 
+# Loggers with the name `add_logger_name` reads (structlog's own take `name=` from 26.1 only).
 class _NamedWriteLogger(structlog.WriteLogger):
-    """A text logger with the name `add_logger_name` reads (console format)."""
+    """Text lines (console format)."""
 
     def __init__(self, file: TextIO, name: str | None) -> None:
+        super().__init__(file)
+        self.name = name
+
+
+class _NamedBytesLogger(structlog.BytesLogger):
+    """orjson's bytes as they are (JSON lines)."""
+
+    def __init__(self, file: BinaryIO, name: str | None) -> None:
         super().__init__(file)
         self.name = name
 
@@ -57,7 +66,7 @@ def configure_logging(settings: Settings) -> None:
         stderr = sys.stderr.buffer
 
         def logger_factory(*args: Any) -> Any:
-            return structlog.BytesLogger(stderr, name=args[0] if args else None)
+            return _NamedBytesLogger(stderr, args[0] if args else None)
 
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
