@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import ServerSentEvent, aconnect_sse
+from redis.asyncio import Redis
 
 from tests.conftest import Receiver, RedisServer, vod_headers
 from tests.test_app import SUCCESS, job_body, post
@@ -165,6 +166,17 @@ async def test_a_replay_redis_cannot_serve_ends_the_stream_for_the_client_to_ret
     async with events(http, f"{base}/events?since=0") as source:
         [(_, envelope)] = await take(source, 1)  # Redis kept nothing of job 1
     assert envelope["job_id"] == f"{2:032x}"
+
+
+async def test_resuming_from_an_entry_the_cap_trimmed_gives_what_is_retained(
+    start_receiver: Receiver, http: httpx.AsyncClient, store: Store, redis_client: Redis
+) -> None:
+    base = await start_receiver(api_token=TOKEN)
+    ids = [(await store.record(job_event(f"j{n}"))).id for n in range(5)]
+    await redis_client.xtrim("vod:stream", maxlen=2, approximate=False)  # as the cap would
+    async with events(http, f"{base}/events", {"Last-Event-ID": ids[0]}) as source:
+        resumed = await take(source, 2)
+    assert [entry_id for entry_id, _ in resumed] == ids[3:]
 
 
 async def test_bad_since_is_a_400(start_receiver: Receiver, http: httpx.AsyncClient) -> None:
