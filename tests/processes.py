@@ -75,7 +75,7 @@ def env_for(**settings: str) -> dict[str, str]:
     settings.setdefault("vod_endpoint", "http://127.0.0.1:9")
     env = clean_env()
     env.update({f"VOD_WEBHOOK_{name.upper()}": value for name, value in settings.items()})
-    env["VOD_WEBHOOK_LOG_FORMAT"] = "json"
+    env.setdefault("VOD_WEBHOOK_LOG_FORMAT", "json")
     env["ALIBABA_CLOUD_ACCESS_KEY_ID"] = ACCESS_KEY_ID
     env["ALIBABA_CLOUD_ACCESS_KEY_SECRET"] = ACCESS_KEY_SECRET
     return env

@@ -129,6 +129,23 @@ def test_one_log_line_per_callback_and_no_secrets(redis_server: RedisServer) -> 
     assert "X-VOD-SIGNATURE:" not in everything
 
 
+def test_console_logs_name_each_line_s_logger_and_event(redis_server: RedisServer) -> None:
+    with serving(redis_url=redis_server.url, key_prefix="console", log_format="console") as (
+        base,
+        server,
+    ):
+        sent = run("send-test", "--url", f"{base}/callbacks/vod", "--key", AUTH_KEY)
+        assert sent.returncode == 0, sent.stderr
+    job_id = sent.stdout.split("JobId=")[1].split(")")[0]
+    lines = "".join(server.stderr).splitlines()
+    assert not [line for line in lines if line.startswith("{")]  # no JSON
+    [accepted] = [line for line in lines if "callback_accepted" in line]
+    assert "[webhook.receiver]" in accepted
+    assert f"job_id={job_id}" in accepted
+    # uvicorn's own records go through the same renderer.
+    assert [line for line in lines if "Uvicorn running on" in line and "[uvicorn.error]" in line]
+
+
 def unread_by_server(server_port: int, client_port: int) -> int | None:
     """Bytes the server has not read yet from this loopback connection (Linux's view of the
     server's socket), None while it has no such socket."""

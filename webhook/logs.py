@@ -56,7 +56,8 @@ def configure_logging(settings: Settings) -> None:
     stdlib_renderer: structlog.types.Processor
     logger_factory: Any
     if console:
-        stdlib_renderer = renderer = structlog.dev.ConsoleRenderer()
+        # Colours only for a terminal: console lines piped to a file or a collector stay plain.
+        stdlib_renderer = renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
 
         def logger_factory(*args: Any) -> Any:
             return _NamedWriteLogger(sys.stderr, args[0] if args else None)
