@@ -18,7 +18,9 @@ from structlog.testing import capture_logs
 from tests.conftest import (
     AUTH_KEY,
     Receiver,
+    RedisServer,
     ServeApp,
+    StoreFactory,
     eventually,
     free_port,
     stream_entries,
@@ -41,7 +43,7 @@ from webhook.limiter import RateLimiter
 from webhook.sender import send_callback
 from webhook.settings import Settings
 from webhook.store import Store
-from webhook.verify import Verifier, VerifyOptions
+from webhook.verify import Verifier, VerifyOptions, run_verifier
 from webhook.vod import RetryPolicy, Vod
 
 ONE_TRY = RetryPolicy(attempts=1)
@@ -450,3 +452,35 @@ async def test_verifying_without_reconciling_is_warned_about(
         )
     warned = [log for log in logs if log["event"] == "verify_without_reconcile"]
     assert len(warned) == (0 if reconcile else 1)
+
+
+async def test_the_verifier_rides_out_redis_down_and_an_unreadable_held_entry(
+    make_store: StoreFactory, make_vod: MakeVod, own_redis: RedisServer
+) -> None:
+    store = make_store(Redis.from_url(own_redis.url, decode_responses=True))
+    vod = await make_vod()
+    job_id, file_url = await finished_job(vod, "v1")
+    with capture_logs() as logs:
+        loop = asyncio.create_task(run_verifier(store, vod, QUICK))
+        try:
+            own_redis.stop()
+
+            async def skipped() -> bool:
+                return any(log["event"] == "verify_skipped" for log in logs)
+
+            await eventually(skipped, what="a pass to find Redis down")
+            own_redis.start()  # empty: it kept nothing
+            await store.redis.zadd(store.keys.verify_queue, {"garbage": 0})
+            await store.redis.hset(store.keys.held("garbage"), "envelope", "not an envelope")
+            await store.hold(outcome(job_id, "v1", file_url=file_url))
+
+            async def published() -> bool:
+                return bool(await job_envelopes(store, job_id))
+
+            await eventually(published, what="the held outcome to be confirmed")
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+    [envelope] = await job_envelopes(store, job_id)
+    assert envelope["verified"] is True
+    assert await store.redis.zcard(store.keys.verify_queue) == 0  # the garbage is let go
