@@ -11,8 +11,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,12 +62,27 @@ async def _start(process: RedisProcess | Receiver) -> None:
     await asyncio.to_thread(process.start)
 
 
-def _audit(figures: Figures, ledger: Ledger, redis: RedisProcess) -> None:
-    client = redis.client()
+@asynccontextmanager
+async def _serving(
+    workdir: Path, name: str, *, aof: bool = False
+) -> AsyncIterator[tuple[RedisProcess, Receiver]]:
+    """A redis-server (its data in `workdir/name`) and the receiver on it (its log in
+    `workdir/name.log`), both started; both stopped on the way out."""
+    redis = RedisProcess(workdir / name, aof=aof)
+    redis.directory.mkdir(parents=True, exist_ok=True)
+    redis.start()
+    receiver = Receiver(redis.url, workdir / f"{name}.log")
     try:
-        tally(figures, ledger, stream_job_counts(client))
+        await _start(receiver)
+        yield redis, receiver
     finally:
-        client.close()
+        receiver.stop()
+        redis.stop()
+
+
+def _audit(figures: Figures, ledger: Ledger, redis: RedisProcess) -> None:
+    with redis.client() as client:
+        tally(figures, ledger, stream_job_counts(client))
     check_answers(figures)
 
 
@@ -78,26 +93,21 @@ async def redis_kill(
     port after `down_seconds`: nothing answered 200 is lost, 503 only while Redis is down,
     /readyz 503 then 200."""
     figures = Figures("redis kill -9 + restart (AOF always)")
-    redis = RedisProcess(workdir / "redis-kill", aof=True)
-    redis.directory.mkdir(parents=True, exist_ok=True)
-    redis.start()
-    receiver = Receiver(redis.url, workdir / "redis-kill.log")
-    ledger, probe, stop = Ledger(), Probe(f"{receiver.base}/readyz"), asyncio.Event()
+    ledger, stop, reached = Ledger(), asyncio.Event(), asyncio.Event()
     window: dict[str, float] = {}
-    reached = asyncio.Event()
+    async with _serving(workdir, "redis-kill", aof=True) as (redis, receiver):
+        probe = Probe(f"{receiver.base}/readyz")
 
-    async def chaos() -> None:
-        await asyncio.wait_for(reached.wait(), 120)
-        window["killing"] = time.monotonic()
-        await asyncio.to_thread(redis.kill)
-        window["killed"] = time.monotonic()  # dead and reaped
-        await asyncio.sleep(down_seconds)
-        window["restarting"] = time.monotonic()  # Redis may answer from here on
-        await _start(redis)
-        window["back"] = time.monotonic()
+        async def chaos() -> None:
+            await asyncio.wait_for(reached.wait(), 120)
+            window["killing"] = time.monotonic()
+            await asyncio.to_thread(redis.kill)
+            window["killed"] = time.monotonic()  # dead and reaped
+            await asyncio.sleep(down_seconds)
+            window["restarting"] = time.monotonic()  # Redis may answer from here on
+            await _start(redis)
+            window["back"] = time.monotonic()
 
-    try:
-        await _start(receiver)
         probing = asyncio.create_task(probe.run(stop))
         breaking = asyncio.create_task(chaos())
         load = Load(callbacks, concurrency=32, rate=rate, deadline=120)
@@ -108,9 +118,6 @@ async def redis_kill(
         stop.set()
         await probing
         _audit(figures, ledger, redis)
-    finally:
-        receiver.stop()
-        redis.stop()
     killing, killed, back = window["killing"], window["killed"], window["back"]
     outside = [
         a for a in ledger.answers if a.status == 503 and (a.started > back or a.ended < killing)
@@ -151,26 +158,21 @@ async def receiver_kills(
     every callback answered 200 is in the stream exactly once; what VOD gave up on is counted
     (reconciliation recovers those)."""
     figures = Figures("receiver SIGKILL/restart loop")
-    redis = RedisProcess(workdir / "receiver-kills", aof=False)
-    redis.directory.mkdir(parents=True, exist_ok=True)
-    redis.start()
-    receiver = Receiver(redis.url, workdir / "receiver-kills.log")
     ledger, done, rng = Ledger(), asyncio.Event(), random.Random(seed)
     downtimes: list[float] = []
+    async with _serving(workdir, "receiver-kills") as (redis, receiver):
 
-    async def chaos() -> None:
-        while len(downtimes) < max_kills and not done.is_set():
-            with suppress(TimeoutError):
-                await asyncio.wait_for(done.wait(), rng.uniform(*uptime))
-            if done.is_set():
-                return
-            killed = time.monotonic()
-            await asyncio.to_thread(receiver.kill)
-            await _start(receiver)
-            downtimes.append(time.monotonic() - killed)
+        async def chaos() -> None:
+            while len(downtimes) < max_kills and not done.is_set():
+                with suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), rng.uniform(*uptime))
+                if done.is_set():
+                    return
+                killed = time.monotonic()
+                await asyncio.to_thread(receiver.kill)
+                await _start(receiver)
+                downtimes.append(time.monotonic() - killed)
 
-    try:
-        await _start(receiver)
         breaking = asyncio.create_task(chaos())
         load = Load(
             callbacks, concurrency=64, rate=rate, duplicate_rate=0.05, deadline=600, seed=seed
@@ -181,9 +183,6 @@ async def receiver_kills(
             done.set()
             await breaking
         _audit(figures, ledger, redis)
-    finally:
-        receiver.stop()
-        redis.stop()
     figures.extra = {
         "kills": len(downtimes),
         "mean_down_s": round(sum(downtimes) / len(downtimes), 2) if downtimes else 0,
@@ -202,27 +201,18 @@ async def client_pause(
     """`CLIENT PAUSE 3000` on Redis during the load: every answer (callbacks and /readyz)
     comes inside VOD's 5 s deadline."""
     figures = Figures(f"CLIENT PAUSE {pause_ms}")
-    redis = RedisProcess(workdir / "client-pause", aof=False)
-    redis.directory.mkdir(parents=True, exist_ok=True)
-    redis.start()
-    receiver = Receiver(redis.url, workdir / "client-pause.log")
-    ledger, probe, stop, reached = (
-        Ledger(),
-        Probe(f"{receiver.base}/readyz"),
-        asyncio.Event(),
-        asyncio.Event(),
-    )
+    ledger, stop, reached = Ledger(), asyncio.Event(), asyncio.Event()
+    async with _serving(workdir, "client-pause") as (redis, receiver):
+        probe = Probe(f"{receiver.base}/readyz")
 
-    async def chaos() -> None:
-        await asyncio.wait_for(reached.wait(), 120)
-        client = redis.client()
-        try:
-            await asyncio.to_thread(client.execute_command, "CLIENT", "PAUSE", pause_ms)
-        finally:
-            client.close()
+        async def chaos() -> None:
+            await asyncio.wait_for(reached.wait(), 120)
+            client = redis.client()
+            try:
+                await asyncio.to_thread(client.execute_command, "CLIENT", "PAUSE", pause_ms)
+            finally:
+                client.close()
 
-    try:
-        await _start(receiver)
         probing = asyncio.create_task(probe.run(stop))
         breaking = asyncio.create_task(chaos())
         # Measured past VOD's 5 s, so a slow answer shows as slow rather than as a time-out.
@@ -233,9 +223,6 @@ async def client_pause(
         stop.set()
         await probing
         _audit(figures, ledger, redis)
-    finally:
-        receiver.stop()
-        redis.stop()
     probe_max = max((ended - started for started, ended, _ in probe.samples), default=0.0)
     figures.extra = {"readyz_max_s": round(probe_max, 3)}
     slowest = max(figures.max_answer_s, probe_max)
@@ -252,15 +239,10 @@ async def concurrent_duplicates(workdir: Path, *, copies: int = 1000) -> Figures
     """`copies` concurrent deliveries of one callback on a healthy Redis: one stream entry,
     every answer 200."""
     figures = Figures(f"{copies} concurrent copies of one callback")
-    redis = RedisProcess(workdir / "duplicates", aof=False)
-    redis.directory.mkdir(parents=True, exist_ok=True)
-    redis.start()
-    receiver = Receiver(redis.url, workdir / "duplicates.log")
     ledger = Ledger()
     job_id = new_job_id()
     body = callback_body(job_id, random.Random(1))
-    try:
-        await _start(receiver)
+    async with _serving(workdir, "duplicates") as (redis, receiver):
         limits = httpx.Limits(max_connections=copies, max_keepalive_connections=copies)
         async with httpx.AsyncClient(limits=limits) as client:
             answers = await asyncio.gather(
@@ -270,17 +252,11 @@ async def concurrent_duplicates(workdir: Path, *, copies: int = 1000) -> Figures
         ledger.sent.add(job_id)
         if any(a.status == 200 for a in answers):
             ledger.acknowledged.add(job_id)
-        client_ = redis.client()
-        try:
-            counts = stream_job_counts(client_)
-        finally:
-            client_.close()
+        with redis.client() as admin:
+            counts = stream_job_counts(admin)
         tally(figures, ledger, counts)
         check_answers(figures)
         figures.extra = {"stream_entries": counts[job_id], "errors": _errors(ledger)}
-    finally:
-        receiver.stop()
-        redis.stop()
     figures.check(
         "one stream entry",
         figures.extra["stream_entries"] == 1,
@@ -299,12 +275,7 @@ async def redis_oom(workdir: Path) -> Figures:
     """Redis at `maxmemory` with `noeviction`: callbacks get 503 and /readyz answers 503;
     once memory is freed, both answer 200 again."""
     figures = Figures("Redis OOM (maxmemory + noeviction)")
-    redis = RedisProcess(workdir / "oom", aof=False)
-    redis.directory.mkdir(parents=True, exist_ok=True)
-    redis.start()
-    receiver = Receiver(redis.url, workdir / "oom.log")
     ledger = Ledger()
-    admin = redis.client()
     url = ""
 
     async def send(n: int, client: httpx.AsyncClient) -> list[int | None]:
@@ -319,28 +290,24 @@ async def redis_oom(workdir: Path) -> Figures:
         )
         return [a.status for a in answers]
 
-    try:
-        await _start(receiver)
+    async with _serving(workdir, "oom") as (redis, receiver):
         url = receiver.callback_url
-        async with httpx.AsyncClient() as client:
-            await send(50, client)
-            accepted = len(ledger.acknowledged)
-            # Below what Redis holds already: with noeviction every write is refused (OOM).
-            used = int(admin.info("memory")["used_memory"])
-            admin.config_set("maxmemory-policy", "noeviction")
-            admin.config_set("maxmemory", used // 2)
-            full = await send(20, client)
-            readyz_full = [
-                (await client.get(f"{receiver.base}/readyz")).status_code for _ in range(3)
-            ]
-            admin.config_set("maxmemory", 0)
-            after = await send(5, client)
-            readyz_after = (await client.get(f"{receiver.base}/readyz")).status_code
+        with redis.client() as admin:
+            async with httpx.AsyncClient() as client:
+                await send(50, client)
+                accepted = len(ledger.acknowledged)
+                # Below what Redis holds already: with noeviction every write is refused (OOM).
+                used = int(admin.info("memory")["used_memory"])
+                admin.config_set("maxmemory-policy", "noeviction")
+                admin.config_set("maxmemory", used // 2)
+                full = await send(20, client)
+                readyz_full = [
+                    (await client.get(f"{receiver.base}/readyz")).status_code for _ in range(3)
+                ]
+                admin.config_set("maxmemory", 0)
+                after = await send(5, client)
+                readyz_after = (await client.get(f"{receiver.base}/readyz")).status_code
         _audit(figures, ledger, redis)
-    finally:
-        admin.close()
-        receiver.stop()
-        redis.stop()
     figures.extra = {
         "accepted_before_full": accepted,
         "maxmemory": used // 2,
