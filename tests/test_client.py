@@ -12,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from tests.conftest import RedisServer, job_callback, stream_entries
 from webhook.client import ConsumerOptions, Handler, consume, replay, subscribe
@@ -108,6 +109,20 @@ async def test_replay_from_an_id_a_time_and_with_filters(store: Store, redis_cli
     assert len([e async for e in replay(redis_client, "0", page=1)]) == 3
     with pytest.raises(ValueError, match="not a stream id"):
         [e async for e in replay(redis_client, "yesterday")]
+
+
+async def test_replay_skips_and_logs_entries_that_hold_no_envelope(
+    store: Store, redis_client: Redis
+) -> None:
+    first = await store.record(job_event("j1"))
+    junk = [
+        await redis_client.xadd("vod:stream", {"something": "else"}),
+        await redis_client.xadd("vod:stream", {"envelope": "not json"}),
+    ]
+    last = await store.record(job_event("j2"))
+    with capture_logs() as logs:
+        assert [e.id async for e in replay(redis_client)] == [first.id, last.id]
+    assert [log["id"] for log in logs if log["event"] == "replay_entry_skipped"] == junk
 
 
 async def test_a_group_gets_each_envelope_once_across_consumers(

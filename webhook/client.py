@@ -162,21 +162,29 @@ async def replay(
     prefix: str = DEFAULT_PREFIX,
     page: int = 500,
 ) -> AsyncIterator[Envelope]:
-    """The envelopes still in the stream after `since`, oldest first, optionally filtered."""
-    async for _, body in stream_entries(redis, Keys(prefix).stream, stream_position(since), page):
-        envelope = Envelope.model_validate_json(body)
-        if matches(envelope, event_type=event_type, job_id=job_id):
+    """The envelopes still in the stream after `since`, oldest first, optionally filtered.
+    An entry that holds no envelope (not written by vod-webhook) is skipped and logged."""
+    stream = Keys(prefix).stream
+    async for entry_id, body in stream_entries(redis, stream, stream_position(since), page):
+        try:
+            envelope = Envelope.model_validate_json(body) if body is not None else None
+        except ValidationError:
+            envelope = None
+        if envelope is None:
+            logger.warning("replay_entry_skipped", id=entry_id, detail="not an envelope")
+        elif matches(envelope, event_type=event_type, job_id=job_id):
             yield envelope
 
 
 async def stream_entries(
     redis: Redis, stream: str, after: str, page: int = 500
-) -> AsyncIterator[tuple[str, str]]:
-    """(id, envelope JSON) of the entries after `after`, oldest first, read a page at a time."""
+) -> AsyncIterator[tuple[str, str | None]]:
+    """(id, envelope JSON or None if the entry has none) of the entries after `after`, oldest
+    first, read a page at a time."""
     while True:
         entries = cast(StreamEntries, await redis.xrange(stream, f"({after}", "+", count=page))
         for entry_id, fields in entries:
-            yield entry_id, fields["envelope"]
+            yield entry_id, fields.get("envelope")
         if len(entries) < page:
             return
         after = entries[-1][0]

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
-from webhook.client import StreamEntries, read_entries
+from webhook.client import StreamEntries, read_entries, stream_entries
 
 logger = structlog.get_logger("webhook.feed")
 
@@ -95,17 +95,11 @@ def unreadable(entry_id: str, detail: str) -> None:
 async def history(redis: Redis, stream: str, after: str, page: int) -> AsyncIterator[Entry]:
     """The entries after `after`, oldest first, read `page` at a time (what a replaying
     connection holds at once); those without an envelope are skipped."""
-    while True:
-        entries = cast(StreamEntries, await redis.xrange(stream, f"({after}", "+", count=page))
-        for entry_id, fields in entries:
-            body = fields.get("envelope")
-            if body is None:
-                unreadable(entry_id, "no envelope")
-                continue
+    async for entry_id, body in stream_entries(redis, stream, after, page):
+        if body is None:
+            unreadable(entry_id, "no envelope")
+        else:
             yield Entry(entry_id, body)
-        if len(entries) < page:
-            return
-        after = entries[-1][0]
 
 
 class Ended(Exception):

@@ -222,7 +222,8 @@ class Settings(BaseSettings):
     )
     log_format: Literal["auto", "json", "console"] = Field(
         "auto",
-        description="`json` lines, human `console` output (coloured on a terminal only), or `auto` (console on a TTY).",
+        description="`json` lines, human `console` output (coloured on a terminal only), or "
+        "`auto` (console on a TTY).",
     )
 
     @property
