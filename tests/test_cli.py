@@ -1,4 +1,4 @@
-"""The `vod-webhook` command, run as real subprocesses over loopback."""
+"""The `vod-webhook` command, run as real subprocesses over loopback; and how its errors end it."""
 
 from __future__ import annotations
 
@@ -12,10 +12,16 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from redis.exceptions import RedisError
 
 from tests.conftest import AUTH_KEY, RedisServer, free_port, sample_path, wait_for
 from tests.processes import COMMAND, WORKDIR, Process, env_for, listening, run, serving
 from tests.test_client import job_event
+from webhook.cli import exit_status
+from webhook.errors import StoreUnavailable
+from webhook.settings import ConfigError, Settings
+from webhook.submitter import UnrecordedSubmission
+from webhook.vod import VodError
 
 
 def test_quick_start_send_test_shows_up_in_listen_on_the_embedded_store() -> None:
@@ -390,3 +396,49 @@ def test_an_install_without_the_commands_extras_says_what_to_install() -> None:
     assert result.returncode == 2
     assert "needs the package 'orjson'" in result.stderr
     assert "pip install 'vod-webhook[all]'" in result.stderr
+
+
+EMBEDDED = Settings(_env_file=None, redis_url=None)
+ON_REDIS = Settings(_env_file=None, redis_url="redis://127.0.0.1:6379/0")
+HINT = (
+    " (no VOD_WEBHOOK_REDIS_URL is set: the embedded store lives inside a running "
+    "`vod-webhook serve`; start that first, or point VOD_WEBHOOK_REDIS_URL at Redis)"
+)
+DOWN = StoreUnavailable("Redis is unavailable: Connection refused")
+THROTTLED = VodError("Throttling", "slow down", request_id="r1")
+
+
+@pytest.mark.parametrize(
+    ("error", "settings", "status"),
+    [
+        (DOWN, EMBEDDED, (1, f"Redis is unavailable: Connection refused{HINT}")),
+        (DOWN, ON_REDIS, (1, "Redis is unavailable: Connection refused")),
+        (UnrecordedSubmission("j1", "r1", "Redis is unavailable: Connection refused"), ON_REDIS,
+         (1, "job j1 was submitted (request id r1) but could not be recorded: Redis is unavailable: Connection refused")),
+        (RedisError("Connection refused"), None, (1, "Redis is unavailable: Connection refused")),
+        (ConfigError("no Alibaba Cloud credentials"), None, (2, "no Alibaba Cloud credentials")),
+        (THROTTLED, None, (1, "VOD refused: Throttling: slow down (request id r1)")),
+        (KeyboardInterrupt(), None, (130, None)),
+    ],
+)  # fmt: skip
+def test_an_error_ends_a_command_with_its_exit_code_and_message(
+    error: BaseException, settings: Settings | None, status: tuple[int, str | None]
+) -> None:
+    assert exit_status(error, settings) == status
+    # As a TaskGroup raises it (an ExceptionGroup unless it holds a KeyboardInterrupt).
+    assert exit_status(BaseExceptionGroup("tasks", [error]), settings) == status
+
+
+def test_a_group_of_errors_ends_a_command_as_its_first_error() -> None:
+    nested = ExceptionGroup("outer", [ExceptionGroup("inner", [DOWN]), THROTTLED])
+    assert exit_status(nested, EMBEDDED) == (1, f"Redis is unavailable: Connection refused{HINT}")
+    both = ExceptionGroup("tasks", [THROTTLED, ConfigError("no Alibaba Cloud credentials")])
+    assert exit_status(both) == (1, "VOD refused: Throttling: slow down (request id r1)")
+
+
+def test_an_error_no_command_should_end_in_is_left_to_raise() -> None:
+    bug = RuntimeError("a bug")
+    assert exit_status(bug) is None
+    # Not even beside errors of ours: the traceback must show it.
+    assert exit_status(ExceptionGroup("tasks", [DOWN, bug])) is None
+    assert exit_status(ExceptionGroup("tasks", [bug, THROTTLED])) is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from tests.conftest import RedisServer, job_callback, stream_entries
-from webhook.client import ConsumerOptions, Handler, consume, replay, subscribe
+from webhook.client import ConsumerOptions, Handler, consume, parse_since, replay, subscribe
 from webhook.events import Envelope, parse_callback
 from webhook.store import Store
 
@@ -109,6 +110,34 @@ async def test_replay_from_an_id_a_time_and_with_filters(store: Store, redis_cli
     assert len([e async for e in replay(redis_client, "0", page=1)]) == 3
     with pytest.raises(ValueError, match="not a stream id"):
         [e async for e in replay(redis_client, "yesterday")]
+
+
+@pytest.mark.parametrize(
+    ("given", "since"),
+    [
+        ("0", "0"),
+        ("1732476000000-0", "1732476000000-0"),
+        ("1732476000000", "1732476000000"),
+        ("2026-11-24T10:00:00Z", datetime(2026, 11, 24, 10, tzinfo=UTC)),
+        ("2026-11-24T11:00:00+01:00", datetime(2026, 11, 24, 10, tzinfo=UTC)),
+    ],
+)
+def test_since_is_a_stream_id_or_a_time_with_its_zone(given: str, since: str | datetime) -> None:
+    assert parse_since(given) == since
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ("last tuesday", "'last tuesday' is neither a stream id nor an ISO time"),
+        ("1732476000000-", "'1732476000000-' is neither a stream id nor an ISO time"),
+        ("2026-11-24T10:00:00", "needs a time zone, e.g. 2026-11-24T10:00:00Z"),
+        ("2026-11-24", "needs a time zone, e.g. 2026-11-24T10:00:00Z"),
+    ],
+)
+def test_since_that_is_neither_says_why(given: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_since(given)
 
 
 async def test_replay_skips_and_logs_entries_that_hold_no_envelope(

@@ -11,7 +11,8 @@ from structlog.testing import capture_logs
 
 from tests.conftest import eventually
 from webhook.limiter import RateLimiter
-from webhook.reconcile import reconcile_once, run_reconciler
+from webhook.reconcile import ReconcileOptions, reconcile_once, run_reconciler
+from webhook.settings import Settings
 from webhook.store import Store
 from webhook.vod import DynamicImage, Vod, VodError
 
@@ -86,3 +87,17 @@ async def test_the_reconciler_survives_a_pass_that_fails_unexpectedly(
         "reconcile_failed"
     ]
     assert vod.lookups >= 2
+
+
+def test_options_come_from_the_settings_unless_given() -> None:
+    settings = Settings(
+        _env_file=None,
+        reconcile_interval_seconds=60,
+        reconcile_grace_seconds=300,
+        reconcile_deadline_seconds=3600,
+    )
+    assert ReconcileOptions.from_settings(settings) == ReconcileOptions(60, 300, 3600)
+    # 0 is a value given, not one missing.
+    given = ReconcileOptions.from_settings(settings, grace_seconds=0, deadline_seconds=5)
+    assert given == ReconcileOptions(interval_seconds=60, grace_seconds=0, deadline_seconds=5)
+    assert ReconcileOptions.from_settings(settings, interval_seconds=0.5).interval_seconds == 0.5

@@ -3,7 +3,7 @@ import time
 import pytest
 
 from webhook.errors import VerificationError
-from webhook.signature import sign, verify_signature
+from webhook.signature import auth_key_refusal, sign, verify_signature
 
 DOC_URL = "https://www.example.com/your/callback"
 DOC_TIMESTAMP = "1519375990"
@@ -97,3 +97,28 @@ def test_details_never_reveal_the_expected_signature() -> None:
 def test_real_clock_accepts_a_fresh_signature() -> None:
     stamp = str(int(time.time()))
     verify(sign(DOC_URL, stamp, DOC_KEY), timestamp=stamp, now=time.time())
+
+
+SHORT = (
+    "at least 16 are needed, since one captured signature lets an attacker guess a short key "
+    "offline"
+)
+MIXED = "must contain upper case letters, lower case letters and digits"
+
+
+@pytest.mark.parametrize(
+    ("key", "strict", "lenient"),
+    [
+        ("Rotate2026KeyAbcd", None, None),
+        ("Sh0rtKey", f"has 8 characters; {SHORT}", None),
+        ("lowercaseonly1234", MIXED, MIXED),
+        ("lower1", f"has 6 characters; {SHORT}", MIXED),
+        ("A1b" * 11, "must be at most 32 characters", "must be at most 32 characters"),
+    ],
+)
+def test_a_key_to_register_is_refused_as_the_receiver_would(
+    key: str, strict: str | None, lenient: str | None
+) -> None:
+    assert auth_key_refusal(key, allow_weak=False) == strict
+    # ALLOW_WEAK_AUTH_KEYS lets a short key through, never one VOD itself refuses.
+    assert auth_key_refusal(key, allow_weak=True) == lenient

@@ -22,8 +22,9 @@ from tests.conftest import (
 from webhook.embedded import EmbeddedRedis
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope, JobError, parse_callback
+from webhook.jobs import job_view
 from webhook.settings import Settings
-from webhook.store import Recorded, Store, UnsupportedRedis, job_view, script_source
+from webhook.store import Recorded, Store, UnsupportedRedis, script_source
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 

@@ -8,7 +8,8 @@ from redis.asyncio import Redis
 from tests.test_store import NOW, envelope
 from webhook.client import wait_for
 from webhook.events import Envelope
-from webhook.store import Store, job_view
+from webhook.jobs import job_view
+from webhook.store import Store
 
 JOB = "5d3cd7e2a1f84b6b9bd3c0f2e8a00001"
 # As long as VOD's OSS URLs are.

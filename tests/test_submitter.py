@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +31,15 @@ from webhook.limiter import RateLimiter
 from webhook.reconcile import reconcile_once
 from webhook.settings import Settings
 from webhook.store import Store
-from webhook.submitter import JobSpec, LineResult, Submitter
+from webhook.submitter import (
+    InvalidJob,
+    JobSpec,
+    LineResult,
+    Submitter,
+    job_from_options,
+    parse_tags,
+    read_override_params,
+)
 from webhook.vod import RetryPolicy, Vod, VodError
 
 FAST_RETRY = RetryPolicy(attempts=4, base_delay=0.05, max_delay=0.2)
@@ -403,3 +413,55 @@ async def test_a_batch_line_vod_accepted_stays_claimed_when_it_cannot_be_recorde
     assert rerun.status == "failed"
     assert "not submitted: claimed by a run" in (rerun.error or "")
     assert len(await world.emulator_jobs()) == 1
+
+
+def test_tags_are_given_as_key_equals_value() -> None:
+    assert parse_tags(["team=ads", "note=", "query=a=b", "team=video"]) == {
+        "team": "video",
+        "note": "",
+        "query": "a=b",
+    }
+    assert parse_tags([]) == {}
+    for pair in ("novalue", "=v"):
+        with pytest.raises(ValueError, match=f"^--tag '{pair}' is not K=V$"):
+            parse_tags([pair])
+
+
+def test_override_params_are_given_as_json_or_read_from_a_file(tmp_path: Path) -> None:
+    given = '{"Video": {"Width": 256}}'
+    assert read_override_params(given) == given
+    assert read_override_params(None) is None
+    (tmp_path / "overrides.json").write_text(given)
+    assert read_override_params(f"@{tmp_path / 'overrides.json'}") == given
+    with pytest.raises(FileNotFoundError, match="No such file"):
+        read_override_params(f"@{tmp_path / 'missing.json'}")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"tags": ["novalue"]}, "--tag 'novalue' is not K=V"),
+        ({"override_params": "[1]"}, "override_params: OverrideParams must be a JSON object"),
+        ({"override_params": '{"Video": {"Fps": 0}}'},
+         "override_params: OverrideParams.Video.Fps: Input should be greater than 0"),
+        ({"override_params": "@/nonexistent"}, "[Errno 2] No such file or directory: '/nonexistent'"),
+    ],
+)  # fmt: skip
+def test_a_job_from_options_says_precisely_what_is_wrong(
+    options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(InvalidJob, match=f"^{re.escape(message)}$"):
+        job_from_options("v", "t", **options)
+
+
+def test_a_job_from_options_keeps_what_was_given() -> None:
+    spec = job_from_options(
+        "v", "t", override_params='{"Video": {"Width": 256}}', tags=["team=ads"]
+    )
+    assert spec == JobSpec(
+        video_id="v",
+        template_id="t",
+        override_params={"Video": {"Width": 256}},
+        tags={"team": "ads"},
+    )
+    assert job_from_options("v", "t") == JobSpec(video_id="v", template_id="t")

@@ -21,8 +21,9 @@ from starlette.types import Receive, Scope, Send
 from webhook.client import matches, stream_position
 from webhook.errors import BadRequest, NotFound, TooManyStreams, Unauthorized
 from webhook.feed import Ended, Entry, StreamFeed, Subscription, history
+from webhook.jobs import job_view
 from webhook.settings import Settings
-from webhook.store import Store, job_view
+from webhook.store import Store
 
 logger = structlog.get_logger("webhook.api")
 

@@ -1,4 +1,4 @@
-"""The `vod-webhook` command: a thin layer over the library."""
+"""The `vod-webhook` command: parse, call the library, map errors to exit codes."""
 
 from __future__ import annotations
 
@@ -9,294 +9,106 @@ import json
 import signal
 import socket
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from webhook.client import STREAM_ID, ConsumerOptions, consume, subscribe, wait_for
+from webhook.client import ConsumerOptions, consume, parse_since, subscribe, wait_for
 from webhook.client import replay as replay_stream
-from webhook.errors import StoreUnavailable, explain
+from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
+from webhook.jobs import job_view, pending_with_ages
 from webhook.keys import Keys
 from webhook.logs import configure_logging
-from webhook.reconcile import reconcile_once, run_reconciler
+from webhook.reconcile import ReconcileOptions, reconcile_once, run_reconciler
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of, safe_url
-from webhook.signature import auth_key_problem, auth_key_weakness, callback_url_problem
-from webhook.store import Store, job_view
-from webhook.submitter import JobSpec, LineResult, Submitter
-from webhook.vod import Vod, VodError
+from webhook.signature import auth_key_refusal, callback_url_problem
+from webhook.store import Store
+from webhook.submitter import InvalidJob, LineResult, Submitter, job_from_options
+from webhook.vod import Vod, VodError, masked_message_callback
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_TIMEOUT = 3
+EXIT_INTERRUPTED = 130
 VOD_EVENT_TYPES = ["DynamicImageComplete"]
 
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="vod-webhook",
-        description="Receive ApsaraVideo VOD callbacks and fan them out over Redis; submit "
-        "dynamic-image jobs and recover their outcomes. Configuration comes from VOD_WEBHOOK_* "
-        "environment variables or .env (see the README).",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    serve = commands.add_parser(
-        "serve",
-        help="run the callback receiver",
-        description="Run the callback receiver under uvicorn. Without VOD_WEBHOOK_REDIS_URL it "
-        "runs on an embedded in-memory store (development only). With "
-        "VOD_WEBHOOK_RECONCILE=true it also reconciles overdue jobs.",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
-    serve.add_argument(
-        "--port", type=_port, default=8000, help="port to bind (default %(default)s)"
-    )
-    serve.add_argument(
-        "--workers", type=_positive_int, default=1, help="worker processes (default %(default)s)"
-    )
-
-    listen = commands.add_parser(
-        "listen",
-        help="print envelopes as JSON lines as they are published",
-        description="Print each envelope as one JSON line, from the receiver's Redis (or its "
-        "embedded store). Without --group it follows a pub/sub channel, live only. With "
-        "--group it consumes the stream durably: stopped and restarted, it prints what it "
-        "missed, and nothing it printed and acknowledged before.",
-    )
-    listen.add_argument(
-        "--channel",
-        help="pub/sub channel to follow (default {prefix}:events, every event); e.g. "
-        "vod:events:DynamicImageComplete or vod:jobs:JOB_ID",
-    )
-    listen.add_argument("--group", help="consume durably as this consumer group")
-    listen.add_argument(
-        "--consumer",
-        default=socket.gethostname(),
-        help="this consumer's name in the group; keep it across restarts (default the host "
-        "name, %(default)s)",
-    )
-    listen.add_argument(
-        "--from",
-        dest="start",
-        choices=["beginning", "now"],
-        default="now",
-        help="where a new group starts: the oldest retained envelope, or now (default); an "
-        "existing group carries on where it stopped",
-    )
-
-    replay = commands.add_parser(
-        "replay",
-        help="print envelopes from the stream's history",
-        description="Print the envelopes still in the stream as JSON lines, oldest first.",
-    )
-    replay.add_argument(
-        "--since",
-        default="0",
-        help="a stream id (print what came after it) or an ISO 8601 time; default all history",
-    )
-    replay.add_argument("--job", help="only this job's envelopes")
-    replay.add_argument("--type", dest="event_type", help="only this event type")
-
-    send_test = commands.add_parser(
-        "send-test",
-        help="send a signed sample callback to a receiver and report its answer",
-        description="POST a correctly signed sample DynamicImageComplete (or --file) to a "
-        "deployed receiver, as VOD would, and print what it answered. Exits 0 on HTTP 200.",
-    )
-    send_test.add_argument("--url", required=True, help="the receiver's callback URL")
-    send_test.add_argument(
-        "--key", required=True, help="the AuthKey to sign with, as set in VOD and AUTH_KEYS"
-    )
-    send_test.add_argument(
-        "--file", type=Path, help="send this event body as it is instead of the sample"
-    )
-    send_test.add_argument(
-        "--callback-url",
-        help="URL to sign, when the URL registered in VOD differs from --url (e.g. behind a "
-        "proxy); default --url",
-    )
-    send_test.add_argument(
-        "--timeout", type=float, default=5.0, help="seconds to wait (default %(default)s)"
-    )
-
-    submit = commands.add_parser(
-        "submit",
-        help="submit dynamic-image jobs through the VOD API",
-        description="Submit a job with SubmitDynamicImageJob (official SDK, credentials from the "
-        "Alibaba Cloud default chain), within VOD_WEBHOOK_SUBMIT_QPS across every process "
-        "sharing the Redis, and record it so its callback is correlated. Prints the JobId.",
-        epilog="exit codes: 0 submitted (with --wait: succeeded), 1 refused by VOD or the job "
-        "failed / timed out, 2 bad input or configuration, 3 --wait ran out of time",
-    )
-    submit.add_argument("--video-id", help="the video to make the image from")
-    submit.add_argument("--template-id", help="the dynamic-image template")
-    submit.add_argument(
-        "--override-params", help="OverrideParams as a JSON object, or @FILE holding one"
-    )
-    submit.add_argument(
-        "--tag", action="append", default=[], metavar="K=V", help="a tag kept with the job"
-    )
-    submit.add_argument(
-        "--from-file",
-        type=Path,
-        metavar="JOBS.jsonl",
-        help='submit every line {"video_id", "template_id", "override_params"?, "tags"?}; '
-        "lines already submitted by an earlier run are skipped",
-    )
-    submit.add_argument(
-        "--wait", action="store_true", help="wait for the outcome and print its envelope"
-    )
-    submit.add_argument(
-        "--timeout", type=float, default=900, help="seconds --wait waits (default %(default)s)"
-    )
-    submit.add_argument("--json", action="store_true", help="print JSON")
-
-    jobs = commands.add_parser("jobs", help="show recorded jobs")
-    jobs_commands = jobs.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
-    show = jobs_commands.add_parser(
-        "show", help="one job: status, submission, result, source, timings"
-    )
-    show.add_argument("job_id", metavar="JOB_ID")
-    show.add_argument("--json", action="store_true", help="print JSON")
-    pending = jobs_commands.add_parser("pending", help="submitted jobs still without an outcome")
-    pending.add_argument("--json", action="store_true", help="print JSON")
-
-    reconcile = commands.add_parser(
-        "reconcile",
-        help="recover outcomes whose callback never came",
-        description="Look up jobs pending longer than the grace time with ListDynamicImage and "
-        "record what is found (source 'reconcile'); jobs still absent after the deadline get "
-        "a terminal 'timed_out' envelope.",
-    )
-    reconcile.add_argument("--once", action="store_true", help="one pass, then print a report")
-    reconcile.add_argument(
-        "--interval", type=float, help="seconds between passes (default RECONCILE_INTERVAL)"
-    )
-    reconcile.add_argument(
-        "--grace", type=float, help="seconds before a job counts as overdue (default "
-        "RECONCILE_GRACE)",
-    )  # fmt: skip
-    reconcile.add_argument(
-        "--deadline", type=float, help="seconds before an absent job times out (default "
-        "RECONCILE_DEADLINE)",
-    )  # fmt: skip
-
-    register = commands.add_parser(
-        "register",
-        help="configure VOD's HTTP callback (SetMessageCallback)",
-        description="Point VOD's callbacks at the receiver, with signing on, through the API.",
-    )
-    register.add_argument("--callback-url", help="the receiver's public callback URL")
-    register.add_argument(
-        "--auth-key",
-        help="AuthKey: 16 to 32 random letters and digits, mixed case (shorter only with "
-        "VOD_WEBHOOK_ALLOW_WEAK_AUTH_KEYS=true)",
-    )
-    register.add_argument(
-        "--event-types",
-        nargs="+",
-        default=VOD_EVENT_TYPES,
-        metavar="TYPE",
-        help="event types to send (default %(default)s; ALL for every type)",
-    )
-    register.add_argument(
-        "--show", action="store_true", help="print the current configuration instead"
-    )
-
-    emulator = commands.add_parser(
-        "emulator",
-        help="run a local VOD stand-in for development and tests",
-        description="A local stand-in for VOD that the official SDK talks to unchanged "
-        "(VOD_WEBHOOK_VOD_ENDPOINT=http://127.0.0.1:PORT): it verifies ACS3-HMAC-SHA256 "
-        "signatures, runs dynamic-image jobs and delivers signed callbacks like VOD.",
-    )
-    emulator.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
-    emulator.add_argument("--port", type=_port, default=9000, help="port (default %(default)s)")
-    emulator.add_argument(
-        "--access-key",
-        action="append",
-        required=True,
-        metavar="ID:SECRET",
-        help="an AccessKey pair it accepts (repeatable)",
-    )
-    emulator.add_argument("--callback-url", help="where it POSTs DynamicImageComplete")
-    emulator.add_argument(
-        "--auth-key",
-        help="AuthKey signing its callbacks; like VOD it takes at most 32 letters and digits, "
-        "mixed case, and the receiver wants at least 16 (e.g. DemoAuthKey2026xyz)",
-    )
-    emulator.add_argument("--delay", type=float, default=1.0, help="job run time, s")
-    emulator.add_argument("--drop-rate", type=_rate, default=0.0, help="callbacks never sent")
-    emulator.add_argument("--duplicate-rate", type=_rate, default=0.0, help="callbacks sent twice")
-    emulator.add_argument("--fail-rate", type=_rate, default=0.0, help="jobs that fail")
-    emulator.add_argument(
-        "--qps", type=float, default=30.0, help="SubmitDynamicImageJob calls/s per AccessKey"
-    )
-    emulator.add_argument(
-        "--list-qps", type=float, default=100.0, help="ListDynamicImage calls/s per AccessKey"
-    )
-    emulator.add_argument(
-        "--callback-qps",
-        type=float,
-        default=15.0,
-        help="Set/GetMessageCallback calls/s per AccessKey",
-    )
-    emulator.add_argument("--seed", type=int, help="seed for the fault knobs")
-    return parser
+# A command runs on its arguments alone, or (most) on the settings too, in an event loop.
+Command: TypeAlias = Callable[[argparse.Namespace], int]
+AsyncCommand: TypeAlias = Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]]
+Explain: TypeAlias = Callable[[Any, Settings | None], str | None]
+_Commands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    settings: Settings | None = None
     try:
-        if args.command == "serve":
-            from webhook.server import serve  # uvicorn is only needed here
-
-            serve(load_settings(), host=args.host, port=args.port, workers=args.workers)
-            return 0
-        if args.command == "send-test":
-            return send_test(args)
-        if args.command == "emulator":
-            return run_emulator(args)
-        command: Callable[[Settings, argparse.Namespace], Coroutine[Any, Any, int]] = {
-            "listen": listen,
-            "replay": replay,
-            "submit": submit,
-            "jobs": jobs,
-            "reconcile": reconcile,
-            "register": register,
-        }[args.command]
+        if args.run is not None:
+            run: Command = args.run
+            return run(args)
         settings = load_settings()
         configure_logging(settings)  # logs go to stderr; stdout carries the command's output
-        try:
-            return asyncio.run(command(settings, args))
-        except StoreUnavailable as exc:
-            return _fail(exc.detail + _embedded_hint(settings))
-        except RedisError as exc:
-            return _fail(f"Redis is unavailable: {exc}{_embedded_hint(settings)}")
-    except ConfigError as exc:
-        return _fail(str(exc), EXIT_USAGE)
-    except VodError as exc:
-        return _fail(f"VOD refused: {exc}")
-    except KeyboardInterrupt:
-        return 130
+        run_async: AsyncCommand = args.run_async
+        return asyncio.run(run_async(settings, args))
+    except BaseException as exc:
+        status = exit_status(exc, settings)
+        if status is None:
+            raise  # a bug: its traceback says where
+        code, message = status
+        return code if message is None else _fail(message, code)
+
+
+# What an error a command ends in means to its user: the exit code, and the message (None:
+# nothing to say), given the settings if they were read. Looked up along the error's classes,
+# so that e.g. UnrecordedSubmission reads as the StoreUnavailable it is.
+_FAILURES: dict[type[BaseException], tuple[int, Explain]] = {
+    ConfigError: (EXIT_USAGE, lambda exc, _: str(exc)),
+    StoreUnavailable: (EXIT_FAILURE, lambda exc, settings: exc.detail + _embedded_hint(settings)),
+    RedisError: (
+        EXIT_FAILURE,
+        lambda exc, settings: f"Redis is unavailable: {exc}{_embedded_hint(settings)}",
+    ),
+    VodError: (EXIT_FAILURE, lambda exc, _: f"VOD refused: {exc}"),
+    KeyboardInterrupt: (EXIT_INTERRUPTED, lambda exc, _: None),
+}
+
+
+def exit_status(
+    error: BaseException, settings: Settings | None = None
+) -> tuple[int, str | None] | None:
+    """The exit code and message of a command that ended in `error`, or None for an error it
+    should not end in (a bug). A group (from a TaskGroup) ends as its first error, provided
+    every error in it is one of ours: a bug among them must not hide behind a clean message."""
+    if isinstance(error, BaseExceptionGroup):
+        statuses = [exit_status(inner, settings) for inner in error.exceptions]
+        return statuses[0] if None not in statuses else None
+    for kind in type(error).__mro__:
+        if kind in _FAILURES:
+            code, explain = _FAILURES[kind]
+            return code, explain(error, settings)
+    return None
+
+
+def serve(args: argparse.Namespace) -> int:
+    from webhook import server  # uvicorn is only needed here
+
+    server.serve(load_settings(), host=args.host, port=args.port, workers=args.workers)
+    return 0
 
 
 async def listen(settings: Settings, args: argparse.Namespace) -> int:
     if args.group and args.channel:
         return _fail("--channel is for live listening; a --group reads the stream", EXIT_USAGE)
     channel = args.channel or Keys(settings.key_prefix).events_channel
-    url = redis_url_of(settings)
+    where = f"group {args.group} as {args.consumer}" if args.group else channel
 
     def announce() -> None:
-        where = f"group {args.group} as {args.consumer}" if args.group else channel
-        print(f"listening on {where} at {safe_url(url)}", file=sys.stderr, flush=True)
+        url = safe_url(redis_url_of(settings))
+        print(f"listening on {where} at {url}", file=sys.stderr, flush=True)
 
     async def show(envelope: Envelope) -> None:
         print(envelope.model_dump_json(), flush=True)
@@ -308,13 +120,14 @@ async def listen(settings: Settings, args: argparse.Namespace) -> int:
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     asyncio.get_running_loop().add_signal_handler(sig, stop.set)
                 announce()
+                options = ConsumerOptions(start=args.start)
                 await consume(
                     store.redis,
                     args.group,
                     args.consumer,
                     show,
                     prefix=settings.key_prefix,
-                    options=ConsumerOptions(start=args.start),
+                    options=options,
                     stop=stop,
                 )
             else:
@@ -326,16 +139,10 @@ async def listen(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def replay(settings: Settings, args: argparse.Namespace) -> int:
-    since: str | datetime = args.since
-    if not STREAM_ID.fullmatch(args.since):
-        try:
-            since = datetime.fromisoformat(args.since)
-        except ValueError:
-            return _fail(
-                f"--since {args.since!r} is neither a stream id nor an ISO time", EXIT_USAGE
-            )
-        if since.tzinfo is None:
-            return _fail("--since needs a time zone, e.g. 2026-11-24T10:00:00Z", EXIT_USAGE)
+    try:
+        since = parse_since(args.since)
+    except ValueError as exc:
+        return _fail(f"--since {exc}", EXIT_USAGE)
     async with _store(settings) as store:
         async for envelope in replay_stream(
             store.redis,
@@ -366,11 +173,7 @@ def send_test(args: argparse.Namespace) -> int:
     print(f"POST {args.url} ({label})")
     try:
         response = send_callback(
-            args.url,
-            body,
-            auth_key=args.key,
-            callback_url=args.callback_url,
-            timeout=args.timeout,
+            args.url, body, auth_key=args.key, callback_url=args.callback_url, timeout=args.timeout
         )
     except httpx.HTTPError as exc:
         return _fail(f"cannot reach {args.url}: {exc}")
@@ -382,49 +185,46 @@ async def submit(settings: Settings, args: argparse.Namespace) -> int:
     if args.from_file is not None:
         if args.video_id or args.template_id or args.override_params or args.tag or args.wait:
             return _fail("--from-file takes no other job options, nor --wait", EXIT_USAGE)
-        return await _submit_batch(settings, args)
+        return await _submit_batch(settings, args.from_file, args.json)
     if not args.video_id or not args.template_id:
         return _fail("give --video-id and --template-id (or --from-file)", EXIT_USAGE)
     try:
-        spec = JobSpec(
-            video_id=args.video_id,
-            template_id=args.template_id,
-            override_params=_read_overrides(args.override_params),
-            tags=_parse_tags(args.tag),
+        spec = job_from_options(
+            args.video_id, args.template_id, override_params=args.override_params, tags=args.tag
         )
-    except (ValidationError, ValueError, OSError) as exc:
-        message = explain(exc) if isinstance(exc, ValidationError) else str(exc)
-        return _fail(f"invalid job: {message}", EXIT_USAGE)
+    except InvalidJob as exc:
+        return _fail(f"invalid job: {exc}", EXIT_USAGE)
     async with _store(settings) as store:
-        submitter = Submitter(Vod.from_settings(settings, store.redis), store)
-        submitted = await submitter.submit(spec)
-        if not args.wait:
-            if args.json:
-                print(json.dumps({"job_id": submitted.job_id, "request_id": submitted.request_id,
-                                  **spec.model_dump()}))  # fmt: skip
-            else:
-                print(submitted.job_id)
-            return 0
-        print(f"submitted job {submitted.job_id}; waiting for its outcome", file=sys.stderr)
-        try:
-            envelope = await wait_for(
-                store.redis, submitted.job_id, timeout=args.timeout, prefix=settings.key_prefix
-            )
-        except TimeoutError:
-            return _fail(
-                f"no outcome for job {submitted.job_id} within {args.timeout:g} s; "
-                f"see `vod-webhook jobs show {submitted.job_id}` later",
-                EXIT_TIMEOUT,
-            )
-        print(envelope.model_dump_json())
-        return 0 if envelope.status == "success" else EXIT_FAILURE
+        submitted = await Submitter(Vod.from_settings(settings, store.redis), store).submit(spec)
+        if args.wait:
+            return await _wait_for_outcome(settings, store, submitted.job_id, args.timeout)
+    if args.json:
+        print(json.dumps({"job_id": submitted.job_id, "request_id": submitted.request_id,
+                          **spec.model_dump()}))  # fmt: skip
+    else:
+        print(submitted.job_id)
+    return 0
 
 
-async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
+async def _wait_for_outcome(settings: Settings, store: Store, job_id: str, within: float) -> int:
+    print(f"submitted job {job_id}; waiting for its outcome", file=sys.stderr)
     try:
-        lines = args.from_file.read_text().splitlines()
+        envelope = await wait_for(store.redis, job_id, timeout=within, prefix=settings.key_prefix)
+    except TimeoutError:
+        return _fail(
+            f"no outcome for job {job_id} within {within:g} s; "
+            f"see `vod-webhook jobs show {job_id}` later",
+            EXIT_TIMEOUT,
+        )
+    print(envelope.model_dump_json())
+    return 0 if envelope.status == "success" else EXIT_FAILURE
+
+
+async def _submit_batch(settings: Settings, path: Path, as_json: bool) -> int:
+    try:
+        lines = (await asyncio.to_thread(path.read_text)).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        return _fail(f"cannot read {args.from_file}: {exc}", EXIT_USAGE)
+        return _fail(f"cannot read {path}: {exc}", EXIT_USAGE)
     total = sum(1 for line in lines if line.strip())
     async with _store(settings) as store:
         try:
@@ -438,7 +238,7 @@ async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
 
             def report(result: LineResult) -> None:
                 progress.update()
-                if args.json:
+                if as_json:
                     print(result.as_json(), flush=True)
                 elif result.status == "submitted":
                     print(result.job_id, flush=True)
@@ -446,7 +246,7 @@ async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
             summary = await submitter.submit_batch(lines, report)
     for result in summary.results:
         if result.error:
-            print(f"{args.from_file}:{result.line}: {result.error}", file=sys.stderr)
+            print(f"{path}:{result.line}: {result.error}", file=sys.stderr)
     troubled = sum(1 for r in summary.results if r.status == "submitted" and r.error)
     print(
         f"submitted {summary.count('submitted')}, already submitted {summary.count('skipped')}, "
@@ -457,53 +257,58 @@ async def _submit_batch(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_FAILURE if summary.count("failed") or troubled else 0
 
 
-async def jobs(settings: Settings, args: argparse.Namespace) -> int:
+async def jobs_show(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
-        if args.jobs_command == "pending":
-            now_ms = time.time() * 1000
-            rows = []
-            for (job_id, submitted_ms), video_id in zip(
-                pending := await store.pending_jobs(),
-                await store.video_ids([job_id for job_id, _ in pending]),
-                strict=True,
-            ):
-                age = round((now_ms - submitted_ms) / 1000, 1)
-                rows.append({"job_id": job_id, "video_id": video_id, "age_seconds": age})
-            if args.json:
-                print(json.dumps(rows))
-            else:
-                for row in rows:
-                    print(f"{row['job_id']}  video {row['video_id']}  {row['age_seconds']} s")
-                print(f"{len(rows)} pending", file=sys.stderr)
-            return 0
         record = await store.job(args.job_id)
     if record is None:
         return _fail(f"no job {args.job_id} is recorded")
     view = job_view(args.job_id, record)
     if args.json:
         print(json.dumps(view))
-    else:
-        for label, value in view.items():
-            if value not in (None, {}, ""):
-                print(f"{label:<14}{json.dumps(value) if isinstance(value, dict) else value}")
+        return 0
+    for label, value in view.items():
+        if value not in (None, {}, ""):
+            print(f"{label:<14}{json.dumps(value) if isinstance(value, dict) else value}")
+    return 0
+
+
+async def jobs_pending(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        pending = await pending_with_ages(store)
+    if args.json:
+        print(json.dumps([dataclasses.asdict(job) for job in pending]))
+        return 0
+    for job in pending:
+        print(f"{job.job_id}  video {job.video_id}  {job.age_seconds} s")
+    print(f"{len(pending)} pending", file=sys.stderr)
     return 0
 
 
 async def reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    grace = args.grace if args.grace is not None else settings.reconcile_grace_seconds
-    deadline = args.deadline if args.deadline is not None else settings.reconcile_deadline_seconds
-    interval = args.interval if args.interval is not None else settings.reconcile_interval_seconds
+    options = ReconcileOptions.from_settings(
+        settings,
+        interval_seconds=args.interval,
+        grace_seconds=args.grace,
+        deadline_seconds=args.deadline,
+    )
     async with _store(settings) as store:
         vod = Vod.from_settings(settings, store.redis)
         if args.once:
             report = await reconcile_once(
-                store, vod, grace_seconds=grace, deadline_seconds=deadline
+                store,
+                vod,
+                grace_seconds=options.grace_seconds,
+                deadline_seconds=options.deadline_seconds,
             )
             print(json.dumps(dataclasses.asdict(report)))
             return 0
-        print(f"reconciling every {interval:g} s", file=sys.stderr, flush=True)
+        print(f"reconciling every {options.interval_seconds:g} s", file=sys.stderr, flush=True)
         await run_reconciler(
-            store, vod, interval_seconds=interval, grace_seconds=grace, deadline_seconds=deadline
+            store,
+            vod,
+            interval_seconds=options.interval_seconds,
+            grace_seconds=options.grace_seconds,
+            deadline_seconds=options.deadline_seconds,
         )
     return 0
 
@@ -512,18 +317,14 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
         vod = Vod.from_settings(settings, store.redis)
         if args.show:
-            current = await vod.get_message_callback()
-            if current.get("AuthKey"):
-                current["AuthKey"] = current["AuthKey"][:2] + "***"
-            print(json.dumps(current))
+            print(json.dumps(masked_message_callback(await vod.get_message_callback())))
             return 0
         if not args.callback_url or not args.auth_key:
             return _fail("give --callback-url and --auth-key (or --show)", EXIT_USAGE)
-        # The receiver refuses a weak key at start-up; refuse to give one to VOD likewise.
-        key_check = auth_key_problem if settings.allow_weak_auth_keys else auth_key_weakness
+        key_refusal = auth_key_refusal(args.auth_key, allow_weak=settings.allow_weak_auth_keys)
         for option, problem in (
             ("--callback-url", callback_url_problem(args.callback_url)),
-            ("--auth-key", key_check(args.auth_key)),
+            ("--auth-key", key_refusal),
         ):
             if problem:
                 return _fail(f"{option} {problem}", EXIT_USAGE)
@@ -568,6 +369,252 @@ def run_emulator(args: argparse.Namespace) -> int:
     return 0
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vod-webhook",
+        description="Receive ApsaraVideo VOD callbacks and fan them out over Redis; submit "
+        "dynamic-image jobs and recover their outcomes. Configuration comes from VOD_WEBHOOK_* "
+        "environment variables or .env (see the README).",
+    )
+    parser.set_defaults(run=None, run_async=None)  # each command sets one of them
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in (_add_serve, _add_listen, _add_replay, _add_send_test, _add_submit, _add_jobs,
+                _add_reconcile, _add_register, _add_emulator):  # fmt: skip
+        add(commands)
+    return parser
+
+
+def _add_serve(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "serve",
+        help="run the callback receiver",
+        description="Run the callback receiver under uvicorn. Without VOD_WEBHOOK_REDIS_URL it "
+        "runs on an embedded in-memory store (development only). With "
+        "VOD_WEBHOOK_RECONCILE=true it also reconciles overdue jobs.",
+    )
+    parser.set_defaults(run=serve)
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument(
+        "--port", type=_port, default=8000, help="port to bind (default %(default)s)"
+    )
+    parser.add_argument(
+        "--workers", type=_positive_int, default=1, help="worker processes (default %(default)s)"
+    )
+
+
+def _add_listen(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "listen",
+        help="print envelopes as JSON lines as they are published",
+        description="Print each envelope as one JSON line, from the receiver's Redis (or its "
+        "embedded store). Without --group it follows a pub/sub channel, live only. With "
+        "--group it consumes the stream durably: stopped and restarted, it prints what it "
+        "missed, and nothing it printed and acknowledged before.",
+    )
+    parser.set_defaults(run_async=listen)
+    parser.add_argument(
+        "--channel",
+        help="pub/sub channel to follow (default {prefix}:events, every event); e.g. "
+        "vod:events:DynamicImageComplete or vod:jobs:JOB_ID",
+    )
+    parser.add_argument("--group", help="consume durably as this consumer group")
+    parser.add_argument(
+        "--consumer",
+        default=socket.gethostname(),
+        help="this consumer's name in the group; keep it across restarts (default the host "
+        "name, %(default)s)",
+    )
+    parser.add_argument(
+        "--from",
+        dest="start",
+        choices=["beginning", "now"],
+        default="now",
+        help="where a new group starts: the oldest retained envelope, or now (default); an "
+        "existing group carries on where it stopped",
+    )
+
+
+def _add_replay(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "replay",
+        help="print envelopes from the stream's history",
+        description="Print the envelopes still in the stream as JSON lines, oldest first.",
+    )
+    parser.set_defaults(run_async=replay)
+    parser.add_argument(
+        "--since",
+        default="0",
+        help="a stream id (print what came after it) or an ISO 8601 time; default all history",
+    )
+    parser.add_argument("--job", help="only this job's envelopes")
+    parser.add_argument("--type", dest="event_type", help="only this event type")
+
+
+def _add_send_test(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "send-test",
+        help="send a signed sample callback to a receiver and report its answer",
+        description="POST a correctly signed sample DynamicImageComplete (or --file) to a "
+        "deployed receiver, as VOD would, and print what it answered. Exits 0 on HTTP 200.",
+    )
+    parser.set_defaults(run=send_test)
+    parser.add_argument("--url", required=True, help="the receiver's callback URL")
+    parser.add_argument(
+        "--key", required=True, help="the AuthKey to sign with, as set in VOD and AUTH_KEYS"
+    )
+    parser.add_argument(
+        "--file", type=Path, help="send this event body as it is instead of the sample"
+    )
+    parser.add_argument(
+        "--callback-url",
+        help="URL to sign, when the URL registered in VOD differs from --url (e.g. behind a "
+        "proxy); default --url",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds to wait (default %(default)s)"
+    )
+
+
+def _add_submit(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "submit",
+        help="submit dynamic-image jobs through the VOD API",
+        description="Submit a job with SubmitDynamicImageJob (official SDK, credentials from the "
+        "Alibaba Cloud default chain), within VOD_WEBHOOK_SUBMIT_QPS across every process "
+        "sharing the Redis, and record it so its callback is correlated. Prints the JobId.",
+        epilog="exit codes: 0 submitted (with --wait: succeeded), 1 refused by VOD or the job "
+        "failed / timed out, 2 bad input or configuration, 3 --wait ran out of time",
+    )
+    parser.set_defaults(run_async=submit)
+    parser.add_argument("--video-id", help="the video to make the image from")
+    parser.add_argument("--template-id", help="the dynamic-image template")
+    parser.add_argument(
+        "--override-params", help="OverrideParams as a JSON object, or @FILE holding one"
+    )
+    parser.add_argument(
+        "--tag", action="append", default=[], metavar="K=V", help="a tag kept with the job"
+    )
+    parser.add_argument(
+        "--from-file",
+        type=Path,
+        metavar="JOBS.jsonl",
+        help='submit every line {"video_id", "template_id", "override_params"?, "tags"?}; '
+        "lines already submitted by an earlier run are skipped",
+    )
+    parser.add_argument(
+        "--wait", action="store_true", help="wait for the outcome and print its envelope"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=900, help="seconds --wait waits (default %(default)s)"
+    )
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_jobs(commands: _Commands) -> None:
+    parser = commands.add_parser("jobs", help="show recorded jobs")
+    jobs_commands = parser.add_subparsers(dest="jobs_command", required=True, metavar="COMMAND")
+    show = jobs_commands.add_parser(
+        "show", help="one job: status, submission, result, source, timings"
+    )
+    show.set_defaults(run_async=jobs_show)
+    show.add_argument("job_id", metavar="JOB_ID")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    pending = jobs_commands.add_parser("pending", help="submitted jobs still without an outcome")
+    pending.set_defaults(run_async=jobs_pending)
+    pending.add_argument("--json", action="store_true", help="print JSON")
+
+
+def _add_reconcile(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "reconcile",
+        help="recover outcomes whose callback never came",
+        description="Look up jobs pending longer than the grace time with ListDynamicImage and "
+        "record what is found (source 'reconcile'); jobs still absent after the deadline get "
+        "a terminal 'timed_out' envelope.",
+    )
+    parser.set_defaults(run_async=reconcile)
+    parser.add_argument("--once", action="store_true", help="one pass, then print a report")
+    parser.add_argument(
+        "--interval", type=float, help="seconds between passes (default RECONCILE_INTERVAL)"
+    )
+    parser.add_argument(
+        "--grace", type=float, help="seconds before a job counts as overdue (default "
+        "RECONCILE_GRACE)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--deadline", type=float, help="seconds before an absent job times out (default "
+        "RECONCILE_DEADLINE)",
+    )  # fmt: skip
+
+
+def _add_register(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "register",
+        help="configure VOD's HTTP callback (SetMessageCallback)",
+        description="Point VOD's callbacks at the receiver, with signing on, through the API.",
+    )
+    parser.set_defaults(run_async=register)
+    parser.add_argument("--callback-url", help="the receiver's public callback URL")
+    parser.add_argument(
+        "--auth-key",
+        help="AuthKey: 16 to 32 random letters and digits, mixed case (shorter only with "
+        "VOD_WEBHOOK_ALLOW_WEAK_AUTH_KEYS=true)",
+    )
+    parser.add_argument(
+        "--event-types",
+        nargs="+",
+        default=VOD_EVENT_TYPES,
+        metavar="TYPE",
+        help="event types to send (default %(default)s; ALL for every type)",
+    )
+    parser.add_argument(
+        "--show", action="store_true", help="print the current configuration instead"
+    )
+
+
+def _add_emulator(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "emulator",
+        help="run a local VOD stand-in for development and tests",
+        description="A local stand-in for VOD that the official SDK talks to unchanged "
+        "(VOD_WEBHOOK_VOD_ENDPOINT=http://127.0.0.1:PORT): it verifies ACS3-HMAC-SHA256 "
+        "signatures, runs dynamic-image jobs and delivers signed callbacks like VOD.",
+    )
+    parser.set_defaults(run=run_emulator)
+    parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
+    parser.add_argument("--port", type=_port, default=9000, help="port (default %(default)s)")
+    parser.add_argument(
+        "--access-key",
+        action="append",
+        required=True,
+        metavar="ID:SECRET",
+        help="an AccessKey pair it accepts (repeatable)",
+    )
+    parser.add_argument("--callback-url", help="where it POSTs DynamicImageComplete")
+    parser.add_argument(
+        "--auth-key",
+        help="AuthKey signing its callbacks; like VOD it takes at most 32 letters and digits, "
+        "mixed case, and the receiver wants at least 16 (e.g. DemoAuthKey2026xyz)",
+    )
+    parser.add_argument("--delay", type=float, default=1.0, help="job run time, s")
+    parser.add_argument("--drop-rate", type=_rate, default=0.0, help="callbacks never sent")
+    parser.add_argument("--duplicate-rate", type=_rate, default=0.0, help="callbacks sent twice")
+    parser.add_argument("--fail-rate", type=_rate, default=0.0, help="jobs that fail")
+    parser.add_argument(
+        "--qps", type=float, default=30.0, help="SubmitDynamicImageJob calls/s per AccessKey"
+    )
+    parser.add_argument(
+        "--list-qps", type=float, default=100.0, help="ListDynamicImage calls/s per AccessKey"
+    )
+    parser.add_argument(
+        "--callback-qps",
+        type=float,
+        default=15.0,
+        help="Set/GetMessageCallback calls/s per AccessKey",
+    )
+    parser.add_argument("--seed", type=int, help="seed for the fault knobs")
+
+
 @asynccontextmanager
 async def _store(settings: Settings) -> AsyncIterator[Store]:
     store = Store.from_settings(settings)
@@ -575,24 +622,6 @@ async def _store(settings: Settings) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
-
-
-def _read_overrides(value: str | None) -> object:
-    if value is None:
-        return None
-    if value.startswith("@"):
-        return Path(value[1:]).read_text()
-    return value
-
-
-def _parse_tags(pairs: list[str]) -> dict[str, str]:
-    tags = {}
-    for pair in pairs:
-        key, separator, value = pair.partition("=")
-        if not separator or not key:
-            raise ValueError(f"--tag {pair!r} is not K=V")
-        tags[key] = value
-    return tags
 
 
 def _fail(message: str, code: int = EXIT_FAILURE) -> int:
@@ -605,8 +634,8 @@ def _redis_unavailable(settings: Settings, error: Exception) -> str:
     return f"Redis at {where} is unavailable: {error}{_embedded_hint(settings)}"
 
 
-def _embedded_hint(settings: Settings) -> str:
-    if settings.redis_url:
+def _embedded_hint(settings: Settings | None) -> str:
+    if settings is None or settings.redis_url:
         return ""
     return (
         " (no VOD_WEBHOOK_REDIS_URL is set: the embedded store lives inside a running "

@@ -153,6 +153,22 @@ def stream_position(since: str | datetime) -> str:
     return since
 
 
+def parse_since(text: str) -> str | datetime:
+    """Where `replay` starts, as a person writes it: a stream id as it is, or an ISO 8601 time
+    with its time zone. The ValueError's message is worded to follow the option's name
+    (`--since 'x' is neither ...`)."""
+    if STREAM_ID.fullmatch(text):
+        return text
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is neither a stream id nor an ISO time") from None
+    if moment.tzinfo is None:
+        # Read as local time it would depend on the machine; the stream's ids are UTC.
+        raise ValueError("needs a time zone, e.g. 2026-11-24T10:00:00Z")
+    return moment
+
+
 async def replay(
     redis: Redis,
     since: str | datetime = "0",

@@ -47,6 +47,11 @@ def parse_event_time(value: object) -> datetime:
     return datetime(year, month, day, hour, minute, second, micros, tzinfo=UTC)
 
 
+def utc_text(moment: datetime | None) -> str | None:
+    """A time as envelopes and submissions write it: ISO 8601 ending in Z."""
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
 def _blank_to_none(value: object) -> object:
     return None if value == "" else value
 

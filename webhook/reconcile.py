@@ -20,10 +20,40 @@ from webhook.events import (
     JobError,
     parse_event_time,
 )
+from webhook.settings import Settings
 from webhook.store import Store
 from webhook.vod import DynamicImage, Vod, VodError
 
 logger = structlog.get_logger("webhook.reconcile")
+
+
+@dataclass(frozen=True)
+class ReconcileOptions:
+    """How often reconciliation runs, and when it looks a job up or times it out."""
+
+    interval_seconds: float
+    grace_seconds: float
+    deadline_seconds: float
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        interval_seconds: float | None = None,
+        grace_seconds: float | None = None,
+        deadline_seconds: float | None = None,
+    ) -> ReconcileOptions:
+        """The RECONCILE_* settings, each overridden by the value given unless that is None."""
+
+        def given(value: float | None, setting: float) -> float:
+            return setting if value is None else value
+
+        return cls(
+            given(interval_seconds, settings.reconcile_interval_seconds),
+            given(grace_seconds, settings.reconcile_grace_seconds),
+            given(deadline_seconds, settings.reconcile_deadline_seconds),
+        )
 
 
 @dataclass

@@ -104,3 +104,9 @@ def auth_key_problem(key: str) -> str | None:
     if not (re.search("[A-Z]", key) and re.search("[a-z]", key) and re.search("[0-9]", key)):
         return "must contain upper case letters, lower case letters and digits"
     return None
+
+
+def auth_key_refusal(key: str, *, allow_weak: bool) -> str | None:
+    """Why this AuthKey must not be registered with VOD, or None: what VOD refuses and, unless
+    `allow_weak` (ALLOW_WEAK_AUTH_KEYS), what the receiver would refuse at start-up."""
+    return auth_key_problem(key) if allow_weak else auth_key_weakness(key)

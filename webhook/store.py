@@ -33,7 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from webhook.autopipeline import AutoPipeline
 from webhook.errors import StoreUnavailable
-from webhook.events import Envelope
+from webhook.events import Envelope, utc_text
 from webhook.keys import Keys
 from webhook.settings import Settings, redis_url_of
 
@@ -352,11 +352,6 @@ def _passing(refusal: ResponseError) -> bool:
     ) or str(refusal).startswith(("MISCONF", "BUSY", "NOREPLICAS"))
 
 
-def _utc_text(moment: datetime | None) -> str | None:
-    """A time as envelopes and submissions write it: ISO 8601 ending in Z."""
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
-
-
 def _epoch_ms(moment: datetime) -> int:
     return int(moment.timestamp() * 1000)
 
@@ -377,8 +372,8 @@ def _outcome_fields(envelope: Envelope) -> dict[str, str]:
     """The fields of the job record that come from its outcome's envelope."""
     values: dict[str, object] = {
         "source": envelope.source,
-        "received_at": _utc_text(envelope.received_at),
-        "event_time": _utc_text(envelope.event_time),
+        "received_at": utc_text(envelope.received_at),
+        "event_time": utc_text(envelope.event_time),
     }
     if envelope.result is not None:
         values.update(envelope.result.model_dump())
@@ -386,27 +381,3 @@ def _outcome_fields(envelope: Envelope) -> dict[str, str]:
         values["error_code"] = envelope.error.code
         values["error_message"] = envelope.error.message
     return {key: str(value) for key, value in values.items() if value is not None}
-
-
-def job_view(job_id: str, record: dict[str, str]) -> dict[str, Any]:
-    """What `jobs show` prints: status, submission, result, source and timings."""
-    envelope = Envelope.model_validate_json(record["envelope"]) if "envelope" in record else None
-    submission = (
-        envelope.submission
-        if envelope is not None and envelope.submission is not None
-        else json.loads(record.get("submission", "null"))
-    )
-    return {
-        "job_id": job_id,
-        "status": record.get("status"),
-        "video_id": record.get("video_id"),
-        "source": envelope.source if envelope else record.get("source"),
-        "submitted_at": submission.get("submitted_at") if submission else None,
-        "completed_at": _utc_text(envelope.event_time) if envelope else None,
-        "received_at": _utc_text(envelope.received_at) if envelope else record.get("received_at"),
-        "latency_ms": submission.get("latency_ms") if submission else None,
-        "submission": submission,
-        "result": envelope.result.model_dump() if envelope and envelope.result else None,
-        "error": envelope.error.model_dump() if envelope and envelope.error else None,
-        "envelope_id": record.get("envelope_id"),
-    }

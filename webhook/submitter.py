@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -57,6 +58,46 @@ class JobSpec(BaseModel):
         """Identity of a batch line's content, so a re-run does not submit it again."""
         canonical = json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class InvalidJob(ValueError):
+    """A job given by `submit`'s options that cannot be submitted; the message says why."""
+
+
+def job_from_options(
+    video_id: str, template_id: str, *, override_params: str | None = None, tags: Iterable[str] = ()
+) -> JobSpec:
+    """The job of `submit --video-id V --template-id T [--override-params JSON|@FILE]
+    [--tag K=V ...]`; InvalidJob says precisely what is wrong, before any quota is spent."""
+    try:
+        return JobSpec(
+            video_id=video_id,
+            template_id=template_id,
+            override_params=read_override_params(override_params),
+            tags=parse_tags(tags),
+        )
+    except ValidationError as exc:
+        raise InvalidJob(explain(exc)) from None
+    except (ValueError, OSError) as exc:
+        raise InvalidJob(str(exc)) from None
+
+
+def read_override_params(value: str | None) -> str | None:
+    """OverrideParams as given: JSON, or @FILE for the JSON in FILE."""
+    if value is None or not value.startswith("@"):
+        return value
+    return Path(value[1:]).read_text()
+
+
+def parse_tags(pairs: Iterable[str]) -> dict[str, str]:
+    """Tags given as `--tag K=V` (V may be empty, or hold more = signs)."""
+    tags = {}
+    for pair in pairs:
+        key, separator, value = pair.partition("=")
+        if not separator or not key:
+            raise ValueError(f"--tag {pair!r} is not K=V")
+        tags[key] = value
+    return tags
 
 
 class UnrecordedSubmission(StoreUnavailable):

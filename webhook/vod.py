@@ -214,6 +214,13 @@ class Vod:
             await asyncio.sleep(delay)
 
 
+def masked_message_callback(callback: dict[str, Any]) -> dict[str, Any]:
+    """GetMessageCallback's answer fit to print: the AuthKey cut to its first two characters,
+    enough to tell keys apart."""
+    key = callback.get("AuthKey")
+    return callback | {"AuthKey": f"{key[:2]}***"} if key else callback
+
+
 def _credential_client() -> CredentialClient:
     """The default chain, but with the environment read now: the credentials package reads
     ALIBABA_CLOUD_* variables once, when it is imported."""
