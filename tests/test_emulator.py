@@ -7,11 +7,9 @@ import hashlib
 import itertools
 import json
 import re
-import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, suppress
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,7 +17,6 @@ from urllib.parse import urlencode, urlsplit
 
 import httpx
 import pytest
-import uvicorn
 
 # The SDK ships without type hints or a py.typed marker.
 from alibabacloud_tea_openapi import models as open_api_models
@@ -35,9 +32,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import ASGIApp
 
-from tests.conftest import eventually
+from tests.conftest import ServeApp, eventually
 from webhook.emulator import EmulatorOptions, create_emulator_app
 from webhook.errors import VerificationError
 from webhook.signature import verify_signature
@@ -54,46 +50,6 @@ def no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
     # The SDK's async client sends through $HTTP_PROXY when set; loopback must stay direct.
     for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy"):
         monkeypatch.delenv(name, raising=False)
-
-
-class Loopback:
-    """uvicorn servers on loopback ports, stopped together: each stop waits out a 0.1 s tick."""
-
-    def __init__(self) -> None:
-        self._running: list[tuple[uvicorn.Server, asyncio.Task[None], socket.socket]] = []
-
-    async def serve(self, app: ASGIApp) -> str:
-        """Start serving `app`; its base URL."""
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        config = uvicorn.Config(app, log_config=None, access_log=False, lifespan="on")
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        self._running.append((server, task, sock))
-        while not server.started:
-            if task.done():
-                task.result()
-            await asyncio.sleep(0.01)
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
-
-    async def stop(self) -> None:
-        for server, _, _ in self._running:
-            server.should_exit = True
-        for _, task, sock in self._running:
-            with suppress(asyncio.CancelledError):
-                await task
-            sock.close()
-        self._running.clear()
-
-
-@asynccontextmanager
-async def served(app: ASGIApp) -> AsyncIterator[str]:
-    """Serve `app` for the duration; yields its base URL."""
-    loopback = Loopback()
-    try:
-        yield await loopback.serve(app)
-    finally:
-        await loopback.stop()
 
 
 @dataclass
@@ -135,6 +91,10 @@ class Recorder:
     def app(self) -> Starlette:
         return Starlette(routes=[Route("/callbacks/vod", self.receive, methods=["POST"])])
 
+    async def serve(self, serve_app: ServeApp) -> None:
+        """Serve the recorder; it then knows the URL it is called back at."""
+        self.url = await serve_app(lambda _: self.app()) + "/callbacks/vod"
+
 
 @dataclass
 class RunningEmulator:
@@ -168,13 +128,12 @@ StartEmulator = Callable[..., Awaitable[RunningEmulator]]
 
 
 @pytest.fixture
-async def start_emulator() -> AsyncIterator[StartEmulator]:
+def start_emulator(serve_app: ServeApp) -> StartEmulator:
     """Start a callback recorder, then the emulator calling it back; both stop afterwards."""
-    loopback = Loopback()
 
     async def start(recorder: Recorder | None = None, **overrides: Any) -> RunningEmulator:
         recorder = recorder or Recorder()
-        recorder.url = await loopback.serve(recorder.app()) + "/callbacks/vod"
+        await recorder.serve(serve_app)
         options: dict[str, Any] = {
             "access_keys": {KEY_ID: SECRET},
             "callback_url": recorder.url,
@@ -182,13 +141,13 @@ async def start_emulator() -> AsyncIterator[StartEmulator]:
             "delay": 0.2,
             **overrides,
         }
-        base_url = await loopback.serve(create_emulator_app(EmulatorOptions(**options)))
+        app = create_emulator_app(EmulatorOptions(**options))
+        base_url = await serve_app(lambda _: app)
         port = urlsplit(base_url).port
         assert port is not None
         return RunningEmulator(base_url, port, recorder)
 
-    yield start
-    await loopback.stop()
+    return start
 
 
 async def settled(emulator: RunningEmulator, job_id: str, within: float = 6) -> dict[str, Any]:
@@ -497,7 +456,7 @@ async def test_throttling_per_access_key_and_per_api(start_emulator: StartEmulat
 
 
 async def test_set_then_get_message_callback_redirects_callbacks(
-    start_emulator: StartEmulator,
+    start_emulator: StartEmulator, serve_app: ServeApp
 ) -> None:
     emulator = await start_emulator()
     client = emulator.client()
@@ -509,32 +468,32 @@ async def test_set_then_get_message_callback_redirects_callbacks(
         "on", AUTH_KEY, "ALL",
     )  # fmt: skip
 
-    async with served((second := Recorder(auth_key="N3wAuthKey2026abc")).app()) as base_url:
-        second.url = f"{base_url}/callbacks/vod"
-        await client.set_message_callback_async(
-            models.SetMessageCallbackRequest(
-                callback_type="HTTP",
-                callback_url=second.url,
-                event_type_list="FileUploadComplete,DynamicImageComplete",
-                auth_switch="on",
-                auth_key="N3wAuthKey2026abc",
-            )
+    second = Recorder(auth_key="N3wAuthKey2026abc")
+    await second.serve(serve_app)
+    await client.set_message_callback_async(
+        models.SetMessageCallbackRequest(
+            callback_type="HTTP",
+            callback_url=second.url,
+            event_type_list="FileUploadComplete,DynamicImageComplete",
+            auth_switch="on",
+            auth_key="N3wAuthKey2026abc",
         )
-        got = (await client.get_message_callback_async(models.GetMessageCallbackRequest())).body
-        callback = got.message_callback
-        assert (callback.callback_type, callback.callback_url, callback.auth_key) == (
-            "HTTP", second.url, "N3wAuthKey2026abc",
-        )  # fmt: skip
-        assert (callback.auth_switch, callback.event_type_list) == (
-            "on", "FileUploadComplete,DynamicImageComplete",
-        )  # fmt: skip
+    )
+    got = (await client.get_message_callback_async(models.GetMessageCallbackRequest())).body
+    callback = got.message_callback
+    assert (callback.callback_type, callback.callback_url, callback.auth_key) == (
+        "HTTP", second.url, "N3wAuthKey2026abc",
+    )  # fmt: skip
+    assert (callback.auth_switch, callback.event_type_list) == (
+        "on", "FileUploadComplete,DynamicImageComplete",
+    )  # fmt: skip
 
-        job_id = await submit(client)
-        assert (await settled(emulator, job_id))["callback"] == "delivered"
-        [call] = second.calls
-        assert call.signature_error is None  # signed with the new key for the new URL
-        assert call.event["JobId"] == job_id
-        assert emulator.recorder.calls == []
+    job_id = await submit(client)
+    assert (await settled(emulator, job_id))["callback"] == "delivered"
+    [call] = second.calls
+    assert call.signature_error is None  # signed with the new key for the new URL
+    assert call.event["JobId"] == job_id
+    assert emulator.recorder.calls == []
 
 
 async def test_callbacks_follow_event_type_list_and_auth_switch(
@@ -679,16 +638,23 @@ async def test_seed_makes_faults_reproducible(start_emulator: StartEmulator) -> 
 
 
 async def test_shutdown_cancels_running_jobs() -> None:
+    # The app's lifespan is run here, not by a server: serve_app stops servers after the test
+    # only, and it is this shutdown that is timed. Requests go in through ASGITransport.
     app = create_emulator_app(EmulatorOptions(access_keys={KEY_ID: SECRET}, delay=60))
-    async with served(app) as base_url:
-        port = urlsplit(base_url).port
-        assert port is not None
-        emulator = RunningEmulator(base_url, port, Recorder())
-        job_id = await submit(emulator.client())
-        job = await emulator.job(job_id)
-        assert (job["status"], job["callback"], job["attempts"]) == ("running", "pending", 0)
-        stopping = time.monotonic()
-    assert time.monotonic() - stopping < 2
+    base_url = "http://127.0.0.1:9000"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url=base_url) as http:
+        async with app.router.lifespan_context(app):
+            query = {"VideoId": "video-1", "DynamicImageTemplateId": "template-1"}
+            url, headers = signed(9000, "SubmitDynamicImageJob", query)
+            response = await http.post(url, headers=headers)
+            assert response.status_code == 200, response.text
+            job_id = response.json()["DynamicImageJob"]["JobId"]
+            [job] = (await http.get("/_emulator/state")).json()["jobs"]
+            assert (job["job_id"], job["status"], job["callback"], job["attempts"]) == (
+                job_id, "running", "pending", 0,
+            )  # fmt: skip
+            stopping = time.monotonic()
+        assert time.monotonic() - stopping < 2
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,157 @@
+"""The emulator as an ASGI app: its options, its parts composed, the state endpoint, uvicorn."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from webhook.emulator.actions import Actions
+from webhook.emulator.auth import Authenticator
+from webhook.emulator.delivery import CallbackDelivery, MessageCallback
+from webhook.emulator.jobs import JobRunner
+from webhook.emulator.quotas import Quotas
+from webhook.signature import auth_key_problem, callback_url_problem
+
+
+@dataclass(frozen=True)
+class EmulatorOptions:
+    access_keys: dict[str, str]
+    """AccessKeyId -> AccessKeySecret accepted."""
+    callback_url: str | None = None
+    """Where DynamicImageComplete is POSTed at first (SetMessageCallback replaces it)."""
+    auth_key: str | None = None
+    """When set, callbacks carry X-VOD-TIMESTAMP / X-VOD-SIGNATURE (AuthSwitch on)."""
+    delay: float = 1.0
+    """Seconds from submission to the job's completion."""
+    drop_rate: float = 0.0
+    """Fraction of jobs whose callback is never sent (the job still completes and is listed)."""
+    duplicate_rate: float = 0.0
+    """Fraction of jobs whose callback is delivered a second time after the first succeeds."""
+    fail_rate: float = 0.0
+    """Fraction of jobs that end with Status "fail" (and are not listed)."""
+    qps: float = 30.0
+    """SubmitDynamicImageJob calls allowed per AccessKeyId in any one-second window; over it:
+    Throttling.User. Each API has its own quota, as at VOD."""
+    list_qps: float = 100.0
+    """The same for ListDynamicImage."""
+    callback_qps: float = 15.0
+    """The same for SetMessageCallback and GetMessageCallback (each its own)."""
+    seed: int | None = None
+    """Seed for the fault injection, to make it reproducible."""
+
+    def __post_init__(self) -> None:
+        for name in ("drop_rate", "duplicate_rate", "fail_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be between 0 and 1")
+        if self.delay < 0:
+            raise ValueError("delay must not be negative")
+        for name in ("qps", "list_qps", "callback_qps"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.callback_url is not None and (why := callback_url_problem(self.callback_url)):
+            raise ValueError(f"callback_url {why}")
+        if self.auth_key is not None and (why := auth_key_problem(self.auth_key)):
+            raise ValueError(f"auth_key {why}")
+
+
+class Emulator:
+    """One emulator's parts, composed from its options, and the state endpoint that shows them."""
+
+    def __init__(self, options: EmulatorOptions) -> None:
+        self.options = options
+        self.delivery = CallbackDelivery(
+            MessageCallback(
+                callback_url=options.callback_url,
+                auth_key=options.auth_key,
+                auth_switch="on" if options.auth_key else "off",
+            )
+        )
+        self.jobs = JobRunner(
+            delay=options.delay,
+            fail_rate=options.fail_rate,
+            drop_rate=options.drop_rate,
+            duplicate_rate=options.duplicate_rate,
+            seed=options.seed,
+            on_finished=self.delivery.send,
+        )
+        self.actions = Actions(
+            authenticator=Authenticator(options.access_keys),
+            quotas=Quotas(
+                {
+                    "SubmitDynamicImageJob": options.qps,
+                    "ListDynamicImage": options.list_qps,
+                    "SetMessageCallback": options.callback_qps,
+                    "GetMessageCallback": options.callback_qps,
+                }
+            ),
+            jobs=self.jobs,
+            delivery=self.delivery,
+        )
+
+    async def state(self, request: Request) -> Response:
+        config = self.delivery.message_callback
+        return JSONResponse(
+            {
+                "jobs": [
+                    {
+                        "job_id": job.job_id,
+                        "video_id": job.video_id,
+                        "template_id": job.template_id,
+                        "status": job.status,
+                        "submitted_at": job.submitted_at,
+                        "completed_at": job.completed_at,
+                        "callback": job.callback,
+                        "attempts": job.attempts,
+                        "deliveries": job.deliveries,
+                    }
+                    for job in self.jobs.jobs.values()
+                ],
+                "message_callback": {
+                    "callback_type": config.callback_type,
+                    "callback_url": config.callback_url,
+                    "event_type_list": config.event_type_list,
+                    "auth_switch": config.auth_switch,
+                },
+            }
+        )
+
+
+def create_emulator_app(options: EmulatorOptions) -> Starlette:
+    """The emulator as an ASGI app; its state lives in `app.state.emulator`."""
+    emulator = Emulator(options)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Inner first on the way out: running jobs are cancelled before the HTTP client closes.
+        async with emulator.delivery.running(), emulator.jobs.running():
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/", emulator.actions.dispatch, methods=["GET", "POST"]),
+            Route("/_emulator/state", emulator.state, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.emulator = emulator
+    return app
+
+
+def serve_emulator(options: EmulatorOptions, *, host: str, port: int) -> None:
+    """Serve the emulator under uvicorn until interrupted (logging is the caller's to set up)."""
+    config = uvicorn.Config(
+        create_emulator_app(options),
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+    )
+    uvicorn.Server(config).run()
