@@ -4,6 +4,7 @@ where errors become HTTP answers."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
 import os
 import re
@@ -27,7 +28,7 @@ from webhook.api import ReadApi
 from webhook.errors import StoreUnavailable, WebhookError
 from webhook.feed import StreamFeed
 from webhook.receiver import CallbackReceiver, json_response
-from webhook.reconcile import run_reconciler
+from webhook.reconcile import ReconcileOptions, run_reconciler
 from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
 from webhook.store import Store, UnsupportedRedis
 from webhook.verify import VerifyOptions, drain_held, run_verifier
@@ -165,15 +166,8 @@ class Services:
                     "run `vod-webhook reconcile`",
                 )
         if vod is not None and settings.reconcile:
-            work.append(
-                run_reconciler(
-                    store,
-                    vod,
-                    interval_seconds=settings.reconcile_interval_seconds,
-                    grace_seconds=settings.reconcile_grace_seconds,
-                    deadline_seconds=settings.reconcile_deadline_seconds,
-                )
-            )
+            options = ReconcileOptions.from_settings(settings)
+            work.append(run_reconciler(store, vod, **dataclasses.asdict(options)))
         return work
 
 
