@@ -16,7 +16,22 @@ from typing import Any, TypeAlias
 
 from redis.exceptions import RedisError
 
-from webhook.client import ConsumerOptions, consume, parse_since, subscribe, wait_for
+from webhook.client import (
+    ConsumerOptions,
+    DeadLetter,
+    UnknownDeadLetters,
+    consume,
+    dead_letter,
+    dead_letter_id,
+    dead_letters,
+    parse_since,
+    purge_all_dead_letters,
+    purge_dead_letters,
+    redrive_all_dead_letters,
+    redrive_dead_letters,
+    subscribe,
+    wait_for,
+)
 from webhook.client import replay as replay_stream
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
@@ -73,6 +88,7 @@ _FAILURES: dict[type[BaseException], tuple[int, Explain]] = {
         lambda exc, settings: f"Redis is unavailable: {exc}{_embedded_hint(settings)}",
     ),
     VodError: (EXIT_FAILURE, lambda exc, _: f"VOD refused: {exc}"),
+    UnknownDeadLetters: (EXIT_FAILURE, lambda exc, _: str(exc)),
     KeyboardInterrupt: (EXIT_INTERRUPTED, lambda exc, _: None),
 }
 
@@ -284,6 +300,134 @@ async def jobs_pending(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+async def deadletter_list(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        letters = [
+            letter
+            async for letter in dead_letters(
+                store.redis, group=args.group, prefix=settings.key_prefix
+            )
+        ]
+    if args.json:
+        print(json.dumps([letter.summary() for letter in letters]))
+        return 0
+    if letters:
+        _print_table(DEAD_LETTER_COLUMNS, [_dead_letter_row(letter) for letter in letters])
+    print(_counted(len(letters), "dead letter"), file=sys.stderr)
+    return 0
+
+
+async def deadletter_show(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        letter = await dead_letter(store.redis, args.id, prefix=settings.key_prefix)
+    details = letter.details()
+    if args.json:
+        print(json.dumps(details))
+        return 0
+    history = details.pop("history")
+    envelope = details.pop("envelope")
+    for label, value in details.items():
+        if value not in (None, {}, ""):
+            shown = json.dumps(value) if isinstance(value, dict) else str(value)
+            print(f"{label:<18}" + shown.replace("\n", "\n" + " " * 18))
+    for n, earlier in enumerate(history, 1):
+        print(f"{'history' if n == 1 else '':<18}{_earlier_failure(earlier)}")
+    if envelope is not None:
+        print("envelope")
+        print(json.dumps(envelope, indent=2) if isinstance(envelope, dict) else envelope)
+    return 0
+
+
+async def deadletter_redrive(settings: Settings, args: argparse.Namespace) -> int:
+    if problem := _selection_problem(args):
+        return _fail(problem, EXIT_USAGE)
+    async with _store(settings) as store:
+        if args.all:
+            count = await redrive_all_dead_letters(
+                store.redis, group=args.group, prefix=settings.key_prefix
+            )
+        else:
+            count = await redrive_dead_letters(
+                store.redis, args.ids, group=args.group, prefix=settings.key_prefix
+            )
+    print(f"redrove {_counted(count, 'dead letter')}")
+    return 0
+
+
+async def deadletter_purge(settings: Settings, args: argparse.Namespace) -> int:
+    if problem := _selection_problem(args):
+        return _fail(problem, EXIT_USAGE)
+    async with _store(settings) as store:
+        if args.all:
+            count = await purge_all_dead_letters(
+                store.redis, group=args.group, prefix=settings.key_prefix
+            )
+        else:
+            count = await purge_dead_letters(
+                store.redis, args.ids, group=args.group, prefix=settings.key_prefix
+            )
+    print(f"purged {_counted(count, 'dead letter')}")
+    return 0
+
+
+def _selection_problem(args: argparse.Namespace) -> str | None:
+    if args.ids and args.all:
+        return "give dead-letter ids or --all, not both"
+    if not args.ids and not args.all:
+        return "give dead-letter ids, or --all"
+    return None
+
+
+DEAD_LETTER_COLUMNS = ("ID", "GROUP", "CONSUMER", "ORIGINAL ID", "DEAD-LETTERED (UTC)",
+                       "DELIVERIES", "REDRIVES", "EVENT TYPE", "JOB", "ERROR")  # fmt: skip
+# The table shows an error's first line cut to this; `show` and --json give it in full.
+SHORT_ERROR = 60
+
+
+def _dead_letter_row(letter: DeadLetter) -> list[str]:
+    summary = letter.summary()
+    return [
+        letter.id,
+        letter.group,
+        letter.consumer,
+        letter.original_id,
+        f"{letter.dead_lettered_at:%Y-%m-%d %H:%M:%S}",
+        str(letter.deliveries),
+        str(letter.redrives),
+        summary["event_type"] or "-",
+        summary["job_id"] or "-",
+        _first_line(letter.error, SHORT_ERROR),
+    ]
+
+
+def _earlier_failure(earlier: dict[str, Any]) -> str:
+    return (
+        f"{earlier['dead_lettered_at']} group {earlier['group']} consumer {earlier['consumer']} "
+        f"after {earlier['deliveries']} deliveries: {_first_line(earlier['error'])} "
+        f"(redriven {earlier['redriven_at']})"
+    )
+
+
+def _first_line(text: str, width: int | None = None) -> str:
+    """The first line of `text`, cut to `width`; "..." says where something was left out."""
+    line, _, rest = text.partition("\n")
+    if width is not None and len(line) > width:
+        return line[: width - 3] + "..."
+    return f"{line} ..." if rest else line
+
+
+def _print_table(header: tuple[str, ...], rows: list[list[str]]) -> None:
+    widths = [max(len(cell) for cell in column) for column in zip(header, *rows, strict=True)]
+    for row in (header, *rows):
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        )
+
+
+def _counted(count: int, thing: str) -> str:
+    return f"{count} {thing}{'' if count == 1 else 's'}"
+
+
 async def reconcile(settings: Settings, args: argparse.Namespace) -> int:
     options = ReconcileOptions.from_settings(
         settings,
@@ -379,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(run=None, run_async=None)  # each command sets one of them
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_serve, _add_listen, _add_replay, _add_send_test, _add_submit, _add_jobs,
-                _add_reconcile, _add_register, _add_emulator):  # fmt: skip
+                _add_deadletter, _add_reconcile, _add_register, _add_emulator):  # fmt: skip
         add(commands)
     return parser
 
@@ -524,6 +668,71 @@ def _add_jobs(commands: _Commands) -> None:
     pending.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _add_deadletter(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "deadletter",
+        help="list, show, redrive and purge what consumer groups gave up on",
+        description="A consumer group (consume, listen --group) gives an entry up when its "
+        "handler failed max_deliveries times, or at once when it is no envelope: the entry "
+        "goes to the dead-letter stream ({prefix}:deadletter) with the error, until redriven "
+        "or purged.",
+    )
+    letters = parser.add_subparsers(dest="deadletter_command", required=True, metavar="COMMAND")
+    listing = letters.add_parser(
+        "list",
+        help="every dead letter, oldest first",
+        description="Each dead letter: its id, group and consumer, its id in the stream, when it "
+        "was given up on, how many deliveries failed, how often it was redriven, the event type "
+        "and job of its envelope, and the error (its first line; in full with --json).",
+    )
+    listing.set_defaults(run_async=deadletter_list)
+    listing.add_argument("--group", help="only this consumer group's")
+    listing.add_argument("--json", action="store_true", help="print a JSON array")
+    show = letters.add_parser(
+        "show",
+        help="one dead letter in full",
+        description="One dead letter in full: the list's fields, the error, each earlier time it "
+        "was given up on and redriven, and its envelope.",
+    )
+    show.set_defaults(run_async=deadletter_show)
+    show.add_argument("id", metavar="ID", type=_dead_letter_id, help="the dead letter's id")
+    show.add_argument("--json", action="store_true", help="print JSON")
+    redrive = letters.add_parser(
+        "redrive",
+        usage="%(prog)s [-h] (ID [ID ...] | --all) [--group G]",
+        help="hand dead letters to their group's consumers again, once",
+        description="Hand each dead letter's envelope back to the consumers of the group that "
+        "gave it up (no other group gets it again) and delete it from the dead-letter stream, "
+        "in one step: redriven twice, at once or again after a crash, it is delivered once. If "
+        "it fails again it is dead-lettered again, with this time in its history. Given ids, "
+        "all or none: an unknown id is reported and nothing is redriven.",
+    )
+    redrive.set_defaults(run_async=deadletter_redrive)
+    _add_dead_letter_selection(redrive, "redrive")
+    purge = letters.add_parser(
+        "purge",
+        usage="%(prog)s [-h] (ID [ID ...] | --all) [--group G]",
+        help="delete dead letters",
+        description="Delete dead letters for good. Given ids, all or none: an unknown id is "
+        "reported and nothing is deleted.",
+    )
+    purge.set_defaults(run_async=deadletter_purge)
+    _add_dead_letter_selection(purge, "purge")
+
+
+def _add_dead_letter_selection(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument(
+        "ids", nargs="*", metavar="ID", type=_dead_letter_id, help=f"a dead letter to {verb}"
+    )
+    parser.add_argument(
+        "--all",
+        action="store_true",
+        help=f"{verb} every dead letter there is when it starts (not those arriving meanwhile) "
+        "and say how many",
+    )
+    parser.add_argument("--group", help="only this consumer group's dead letters")
+
+
 def _add_reconcile(commands: _Commands) -> None:
     parser = commands.add_parser(
         "reconcile",
@@ -655,6 +864,13 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
+
+
+def _dead_letter_id(text: str) -> str:
+    try:
+        return dead_letter_id(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _rate(text: str) -> float:

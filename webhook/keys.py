@@ -12,7 +12,9 @@ Layout (prefix configurable):
   {prefix}:batch:{fingerprint}  a batch file line: claimed, or job:<JobId> once submitted
   {prefix}:stream               capped stream of envelopes (field `envelope`)
   {prefix}:stream:last-id       the last stream id handed out (the scripts read it, not XINFO)
-  {prefix}:deadletter           entries consumers gave up on, with the error
+  {prefix}:deadletter           entries consumers gave up on, with the error (and their history)
+  {prefix}:redrive:{group}      dead letters redriven to one consumer group, which reads it beside
+                                the stream and deletes each entry once acknowledged
   {prefix}:ready                readiness probe: written by every /readyz, expires in 10 s
   {prefix}:held:{fingerprint}   an outcome awaiting verification (VERIFY_OUTCOMES), then a tombstone
   {prefix}:verify               sorted set: held outcomes by when they are next checked
@@ -37,6 +39,10 @@ class Keys:
         self.events_channel = f"{prefix}:events"
         self.verify_queue = f"{prefix}:verify"
         self.ready = f"{prefix}:ready"
+
+    def redrive(self, group: str) -> str:
+        """Where dead letters redriven to `group` wait for its consumers (and no other group's)."""
+        return f"{self.prefix}:redrive:{group}"
 
     def turn(self, task: str) -> str:
         """Whose turn it is to run `task` (one caller per interval, any process)."""
