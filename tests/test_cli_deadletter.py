@@ -189,7 +189,7 @@ def test_two_redrives_of_one_dead_letter_at_once_deliver_it_once(
     assert codes == [0, 1]
     assert redis_sync.xlen("vod:redrive:g") == 1
     record(redis_url, "after")
-    assert sorted(consume_until(redis_url, "g", handled=2)) == ["after", "poison"]
+    assert set(consume_until(redis_url, "g", handled=2)) == {"after", "poison"}
     assert redis_sync.xlen("vod:redrive:g") == 0  # nothing left to deliver again
 
 
@@ -236,7 +236,7 @@ def test_unknown_dead_letter_shown_is_an_error(redis_url: str) -> None:
 def test_redrive_explains_itself() -> None:
     result = run("deadletter", "redrive", "--help")
     assert result.returncode == 0
-    assert "usage: vod-webhook deadletter redrive [-h] (ID [ID ...] | --all) [--group G]" in (
+    assert "usage: vod-webhook deadletter redrive [-h] (ID [ID ...] | --all) [--group GROUP]" in (
         result.stdout
     )
-    assert "it is delivered once" in " ".join(result.stdout.split())
+    assert "it goes back once" in " ".join(result.stdout.split())

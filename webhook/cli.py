@@ -385,7 +385,6 @@ SHORT_ERROR = 60
 
 
 def _dead_letter_row(letter: DeadLetter) -> list[str]:
-    summary = letter.summary()
     return [
         letter.id,
         letter.group,
@@ -394,8 +393,8 @@ def _dead_letter_row(letter: DeadLetter) -> list[str]:
         f"{letter.dead_lettered_at:%Y-%m-%d %H:%M:%S}",
         str(letter.deliveries),
         str(letter.redrives),
-        summary["event_type"] or "-",
-        summary["job_id"] or "-",
+        letter.event_type or "-",
+        letter.job_id or "-",
         _first_line(letter.error, SHORT_ERROR),
     ]
 
@@ -674,8 +673,8 @@ def _add_deadletter(commands: _Commands) -> None:
         help="list, show, redrive and purge what consumer groups gave up on",
         description="A consumer group (consume, listen --group) gives an entry up when its "
         "handler failed max_deliveries times, or at once when it is no envelope: the entry "
-        "goes to the dead-letter stream ({prefix}:deadletter) with the error, until redriven "
-        "or purged.",
+        "goes to the dead-letter stream (vod:deadletter, under VOD_WEBHOOK_KEY_PREFIX) with the "
+        "error, until redriven or purged.",
     )
     letters = parser.add_subparsers(dest="deadletter_command", required=True, metavar="COMMAND")
     listing = letters.add_parser(
@@ -699,11 +698,11 @@ def _add_deadletter(commands: _Commands) -> None:
     show.add_argument("--json", action="store_true", help="print JSON")
     redrive = letters.add_parser(
         "redrive",
-        usage="%(prog)s [-h] (ID [ID ...] | --all) [--group G]",
+        usage="%(prog)s [-h] (ID [ID ...] | --all) [--group GROUP]",
         help="hand dead letters to their group's consumers again, once",
         description="Hand each dead letter's envelope back to the consumers of the group that "
         "gave it up (no other group gets it again) and delete it from the dead-letter stream, "
-        "in one step: redriven twice, at once or again after a crash, it is delivered once. If "
+        "in one step: redriven twice, at once or again after a crash, it goes back once. If "
         "it fails again it is dead-lettered again, with this time in its history. Given ids, "
         "all or none: an unknown id is reported and nothing is redriven.",
     )
@@ -711,7 +710,7 @@ def _add_deadletter(commands: _Commands) -> None:
     _add_dead_letter_selection(redrive, "redrive")
     purge = letters.add_parser(
         "purge",
-        usage="%(prog)s [-h] (ID [ID ...] | --all) [--group G]",
+        usage="%(prog)s [-h] (ID [ID ...] | --all) [--group GROUP]",
         help="delete dead letters",
         description="Delete dead letters for good. Given ids, all or none: an unknown id is "
         "reported and nothing is deleted.",
@@ -730,7 +729,10 @@ def _add_dead_letter_selection(parser: argparse.ArgumentParser, verb: str) -> No
         help=f"{verb} every dead letter there is when it starts (not those arriving meanwhile) "
         "and say how many",
     )
-    parser.add_argument("--group", help="only this consumer group's dead letters")
+    parser.add_argument(
+        "--group",
+        help="only this consumer group's dead letters (an id of another group's is unknown)",
+    )
 
 
 def _add_reconcile(commands: _Commands) -> None:

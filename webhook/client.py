@@ -546,9 +546,20 @@ class DeadLetter:
             return stored
         return parsed if isinstance(parsed, dict) else stored
 
+    @property
+    def event_type(self) -> str | None:
+        return self._envelope_field("event_type")
+
+    @property
+    def job_id(self) -> str | None:
+        return self._envelope_field("job_id")
+
+    def _envelope_field(self, name: str) -> str | None:
+        envelope = self.envelope
+        return envelope.get(name) if isinstance(envelope, dict) else None
+
     def summary(self) -> dict[str, Any]:
         """What to know at a glance: where, when, how often, why, and what it is."""
-        envelope = self.envelope if isinstance(self.envelope, dict) else {}
         return {
             "id": self.id,
             "group": self.group,
@@ -557,8 +568,8 @@ class DeadLetter:
             "dead_lettered_at": utc_text(self.dead_lettered_at),
             "deliveries": self.deliveries,
             "redrives": self.redrives,
-            "event_type": envelope.get("event_type"),
-            "job_id": envelope.get("job_id"),
+            "event_type": self.event_type,
+            "job_id": self.job_id,
             "error": self.error,
         }
 
