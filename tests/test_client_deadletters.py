@@ -382,3 +382,65 @@ async def test_purge_by_id_and_all(
     assert await purge_all_dead_letters(redis_client) == 0
     assert await purge_dead_letters(redis_client, []) == 0
     assert await redrive_all_dead_letters(redis_client) == 0
+
+
+class PurgedMeanwhile(Redis):
+    """A client on which another operator purges the dead letter `taken` between the reading of
+    the dead letters and the script that acts on them."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self.taken: str | None = None
+
+    async def evalsha(self, sha: Any, numkeys: Any, *keys_and_args: Any) -> Any:
+        if self.taken is not None:
+            await self.xdel("vod:deadletter", self.taken)
+            self.taken = None
+        return await super().evalsha(sha, numkeys, *keys_and_args)
+
+
+@pytest.fixture
+async def purged_meanwhile(redis_server: RedisServer) -> AsyncIterator[PurgedMeanwhile]:
+    client = PurgedMeanwhile.from_url(redis_server.url, decode_responses=True)
+    assert isinstance(client, PurgedMeanwhile)
+    yield client
+    await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("operation", "action"), [(redrive_dead_letters, "redriven"), (purge_dead_letters, "purged")]
+)
+async def test_ids_gone_between_reading_and_acting_change_nothing(
+    operation: Callable[..., Any],
+    action: str,
+    store: Store,
+    redis_client: Redis,
+    groups: Callable[..., Group],
+    purged_meanwhile: PurgedMeanwhile,
+) -> None:
+    g = groups("g")
+    first, taken, last = await dead_lettered(store, redis_client, g, "j1", "j2", "j3")
+    await g.finish()
+    purged_meanwhile.taken = taken
+    with pytest.raises(UnknownDeadLetters, match=f"^no dead letter {taken}; nothing was {action}$"):
+        await operation(purged_meanwhile, [first, taken, last])
+    assert [letter.id async for letter in dead_letters(redis_client)] == [first, last]
+    assert await redis_client.xlen("vod:redrive:g") == 0
+
+
+async def test_redrive_all_leaves_what_another_took_meanwhile_to_it(
+    store: Store,
+    redis_client: Redis,
+    groups: Callable[..., Group],
+    purged_meanwhile: PurgedMeanwhile,
+) -> None:
+    g = groups("g")
+    first, taken, last = await dead_lettered(store, redis_client, g, "j1", "j2", "j3")
+    await g.finish()
+    purged_meanwhile.taken = taken
+    assert await redrive_all_dead_letters(purged_meanwhile) == 2
+    redriven = await stream_entries(redis_client, "vod:redrive:g")
+    assert [json.loads(fields["history"])[0]["dead_letter_id"] for _, fields in redriven] == [
+        first,
+        last,
+    ]

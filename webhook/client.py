@@ -4,7 +4,9 @@
 - `consume`: durable, with a consumer group over the stream: at-least-once, acknowledged after
   the handler returns, reclaimed from crashed consumers, poison entries dead-lettered;
 - `replay`: history from the stream;
-- `wait_for`: one job's outcome, whenever it came.
+- `wait_for`: one job's outcome, whenever it came;
+- `dead_letters`, `redrive_dead_letters`, `purge_dead_letters` (and the `_all_` ones): what
+  consumer groups gave up on, read, handed back to their group once, or deleted.
 """
 
 from __future__ import annotations
