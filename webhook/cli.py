@@ -16,23 +16,19 @@ from typing import Any, TypeAlias
 
 from redis.exceptions import RedisError
 
-from webhook.client import (
-    ConsumerOptions,
+from webhook.client import ConsumerOptions, consume, parse_since, subscribe, wait_for
+from webhook.client import replay as replay_stream
+from webhook.deadletters import (
     DeadLetter,
     UnknownDeadLetters,
-    consume,
     dead_letter,
     dead_letter_id,
     dead_letters,
-    parse_since,
     purge_all_dead_letters,
     purge_dead_letters,
     redrive_all_dead_letters,
     redrive_dead_letters,
-    subscribe,
-    wait_for,
 )
-from webhook.client import replay as replay_stream
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
 from webhook.jobs import job_view, pending_with_ages

@@ -17,7 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
-from webhook.client import StreamEntries, read_entries, stream_entries
+from webhook.streams import StreamEntries, read_entries, stream_entries
 
 logger = structlog.get_logger("webhook.feed")
 

@@ -14,11 +14,11 @@ from redis.asyncio import Redis
 
 from tests.conftest import RedisServer, eventually, stream_entries
 from tests.test_client import job_event
-from webhook.client import (
-    ConsumerOptions,
+from webhook import client
+from webhook.client import ConsumerOptions, consume
+from webhook.deadletters import (
     DeadLetter,
     UnknownDeadLetters,
-    consume,
     dead_letter,
     dead_letter_id,
     dead_letters,
@@ -444,3 +444,10 @@ async def test_redrive_all_leaves_what_another_took_meanwhile_to_it(
         first,
         last,
     ]
+
+
+def test_subscribers_find_the_dead_letter_operations_in_the_client_module() -> None:
+    for name in ("DeadLetter", "UnknownDeadLetters", "dead_letter", "dead_letters",
+                 "redrive_dead_letters", "redrive_all_dead_letters", "purge_dead_letters",
+                 "purge_all_dead_letters"):  # fmt: skip
+        assert getattr(client, name) is globals()[name]

@@ -1,0 +1,39 @@
+"""Reading Redis streams: replies as entries, and every entry after a point a page at a time
+(light: redis only)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+from redis.asyncio import Redis
+
+StreamEntries = list[tuple[str, dict[str, str]]]
+
+
+def read_entries(reply: Any) -> StreamEntries:
+    """The entries of an XREAD / XREADGROUP reply (redis-py leaves these untyped)."""
+    return [entry for _, entries in reply or [] for entry in entries]
+
+
+async def stream_entries(
+    redis: Redis, stream: str, after: str, page: int = 500
+) -> AsyncIterator[tuple[str, str | None]]:
+    """(id, envelope JSON or None if the entry has none) of the entries after `after`, oldest
+    first, read a page at a time."""
+    async for entry_id, fields in stream_fields(redis, stream, after, page=page):
+        yield entry_id, fields.get("envelope")
+
+
+async def stream_fields(
+    redis: Redis, stream: str, after: str = "0", until: str = "+", *, page: int = 500
+) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """(id, fields) of the entries after `after` up to `until` included, oldest first, read a
+    page at a time."""
+    while True:
+        entries = cast(StreamEntries, await redis.xrange(stream, f"({after}", until, count=page))
+        for entry in entries:
+            yield entry
+        if len(entries) < page:
+            return
+        after = entries[-1][0]
