@@ -17,7 +17,8 @@ FROM ${PYTHON_IMAGE} AS build
 ARG HATCHLING_VERSION=1.33.0
 WORKDIR /src
 COPY constraints.txt ./
-RUN pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
+RUN pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+        -c constraints.txt \
         "hatchling==${HATCHLING_VERSION}"
 COPY pyproject.toml README.md ./
 COPY webhook ./webhook
@@ -25,6 +26,7 @@ RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-is
         --wheel-dir /dist .
 
 FROM ${PYTHON_IMAGE} AS runtime
+ARG PYTHON_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="vod-webhook" \
@@ -32,7 +34,7 @@ LABEL org.opencontainers.image.title="vod-webhook" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.base.name="python:3.11-slim-bookworm"
+      org.opencontainers.image.base.name="${PYTHON_IMAGE}"
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     VOD_WEBHOOK_LOG_FORMAT=json
@@ -42,7 +44,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # root filesystem costs nothing at start.
 RUN --mount=type=bind,from=build,source=/dist,target=/dist \
     --mount=type=bind,source=constraints.txt,target=/tmp/constraints.txt \
-    pip install --no-cache-dir --disable-pip-version-check -c /tmp/constraints.txt \
+    pip install --no-cache-dir --disable-pip-version-check --root-user-action=ignore \
+        -c /tmp/constraints.txt \
         "$(echo /dist/vod_webhook-*.whl)[server,submit]" \
     && groupadd --system --gid 10001 vod \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent vod
