@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Test processes (pytest-xdist); each has its own redis-server. TEST_WORKERS=0 runs in one.
 TEST_WORKERS ?= 2
 
-.PHONY: run test bench faults floors lock redis-server wrk
+.PHONY: run test bench faults floors lock redis-server wrk promtool
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("vod-webhook needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -22,7 +22,7 @@ run: $(STAMP)
 
 ## test: install, lint, type-check and run the whole test suite against a throwaway redis-server,
 ## with branch coverage (the CLI, server and emulator subprocesses counted); fails under 95 %
-test: $(STAMP) redis-server wrk
+test: $(STAMP) redis-server wrk promtool
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -59,6 +59,19 @@ wrk:
 	  $(SUDO) apt-get install -y -qq wrk >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk >/dev/null; } || \
 	  echo "wrk could not be installed: the bench uses its Python load generator"; }
+
+# promtool checks deploy/prometheus/ (tests/test_deploy.py: `check rules`, `test rules`, `check
+# config`). Debian ships it in its `prometheus` package: take the binary out of the package into
+# the venv rather than install a Prometheus service. Without it those tests are skipped.
+promtool: $(STAMP)
+	@command -v promtool >/dev/null || [ -x $(BIN)/promtool ] || { \
+	  echo "promtool not found: taking it from Debian's prometheus package into $(BIN)"; \
+	  tmp=$$(mktemp -d); \
+	  ( cd $$tmp && { apt-get download prometheus >/dev/null 2>&1 || \
+	      { $(SUDO) apt-get update -qq && apt-get download prometheus >/dev/null; }; } && \
+	    dpkg-deb -x prometheus_*.deb . ) && cp $$tmp/usr/bin/promtool $(BIN)/promtool || \
+	  echo "promtool could not be had: the tests that need it are skipped"; \
+	  rm -rf $$tmp; }
 
 ## floors: the whole suite on the lowest versions the core dependencies allow (pyproject.toml's
 ## floors of pydantic, redis and structlog, what a subscriber may have pinned); the rest resolved
