@@ -104,7 +104,7 @@ async def start_world(
         stores.append(store)
         client, access_key_id = Vod.sdk_client(settings)
         assert access_key_id == ACCESS_KEY_ID
-        limiter = RateLimiter(store.redis, f"vod:quota:{access_key_id}", submit_qps)
+        limiter = RateLimiter(store.redis, store.keys, access_key_id, submit_qps)
         return World(receiver, emulator_url, settings, store, Vod(client, limiter, FAST_RETRY))
 
     yield start
@@ -360,7 +360,9 @@ async def submitter_losing_redis(
             own_redis.stop()
             return answer
 
-    vod = RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
+    vod = RedisDiesMeanwhile(
+        world.vod._client, RateLimiter(store.redis, store.keys, "q", 30), FAST_RETRY
+    )
     yield world, Submitter(vod, store)
     await store.close()
 
