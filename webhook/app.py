@@ -27,10 +27,12 @@ from starlette.routing import BaseRoute, Route
 from webhook.api import ReadApi
 from webhook.errors import StoreUnavailable, WebhookError
 from webhook.feed import StreamFeed
+from webhook.metrics import Metrics, ResponseCounter
 from webhook.receiver import CallbackReceiver, json_response
 from webhook.reconcile import ReconcileOptions, run_reconciler
+from webhook.scrape import MetricsEndpoint
 from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
-from webhook.store import Store, UnsupportedRedis
+from webhook.store import Store, UnsupportedRedis, unavailable
 from webhook.verify import VerifyOptions, drain_held, run_verifier
 from webhook.vod import Vod
 
@@ -46,6 +48,9 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
     process; not an app among many in one process, as in tests)."""
     check_receiver_settings(settings)
     store = Store.from_settings(settings)
+    metrics = Metrics(
+        callback_path=settings.callback_path, verify_outcomes=settings.verify_outcomes
+    )
     # Built now so missing credentials stop start-up rather than the first pass.
     vod = Vod.from_settings(settings, store.redis) if settings.calls_vod else None
     feed = (
@@ -54,26 +59,34 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
             store.keys.stream,
             queue_size=settings.sse_queue_size,
             queue_bytes=settings.sse_queue_bytes,
+            metrics=metrics,
         )
         if settings.api_token is not None
         else None
     )
+    receiver = CallbackReceiver(settings, store, metrics.callback)
     routes: list[BaseRoute] = [
-        Route(settings.callback_path, CallbackReceiver(settings, store).receive, methods=["POST"]),
+        Route(settings.callback_path, receiver.receive, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", Readiness(store).readyz, methods=["GET"]),
     ]
     if feed is not None:
         routes += ReadApi(settings, store, feed).routes()
+    if settings.metrics_token is not None:
+        scrape = MetricsEndpoint(settings, store, metrics)
+        routes.append(Route("/metrics", scrape.metrics, methods=["GET"]))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[
+            Middleware(RequestIdMiddleware),
+            Middleware(ResponseCounter, metrics=metrics),
+        ],
         exception_handlers={
             WebhookError: _webhook_error,
             HTTPException: _http_error,
             Exception: _unexpected_error,
         },
-        lifespan=Services(settings, store, vod, feed, freeze_gc=freeze_gc).run,
+        lifespan=Services(settings, store, vod, feed, metrics, freeze_gc=freeze_gc).run,
     )
 
 
@@ -95,9 +108,9 @@ class Readiness:
 
 
 class Services:
-    """What runs beside the routes, from start-up to shutdown: the store, the feed of
-    `/events`, verification (or the drain) of held outcomes, reconciliation, and readiness
-    going down on SIGTERM."""
+    """What runs beside the routes, from start-up to shutdown: the store (its failures
+    counted), the feed of `/events`, verification (or the drain) of held outcomes,
+    reconciliation, and readiness going down on SIGTERM."""
 
     def __init__(
         self,
@@ -105,6 +118,7 @@ class Services:
         store: Store,
         vod: Vod | None,
         feed: StreamFeed | None,
+        metrics: Metrics,
         *,
         freeze_gc: bool,
     ) -> None:
@@ -112,12 +126,14 @@ class Services:
         self.store = store
         self.vod = vod
         self.feed = feed
+        self.metrics = metrics
         self.freeze_gc = freeze_gc
 
     @asynccontextmanager
     async def run(self, app: Starlette) -> AsyncIterator[None]:
         app.state.draining = False
         async with AsyncExitStack() as running:  # stopped in reverse order
+            running.callback(_count_redis_failures(self.metrics))
             running.push_async_callback(self.store.close)
             await self._open_store()
             self._warn_about_settings()
@@ -169,6 +185,17 @@ class Services:
             options = ReconcileOptions.from_settings(settings)
             work.append(run_reconciler(store, vod, **dataclasses.asdict(options)))
         return work
+
+
+def _count_redis_failures(metrics: Metrics) -> Callable[[], None]:
+    """Count every Redis failure of this process while the app runs; returns what stops it."""
+    previous = unavailable.observer
+    unavailable.observer = metrics.redis_failed
+
+    def restore() -> None:
+        unavailable.observer = previous
+
+    return restore
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
