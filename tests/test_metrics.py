@@ -32,7 +32,11 @@ from tests.processes import (
     ACCESS_KEY_ID,
     ACCESS_KEY_SECRET,
     Process,
+    emulating,
+    emulator_jobs,
     env_for,
+    run,
+    serving,
     wait_until_answering,
 )
 from tests.test_app import SUCCESS, post
@@ -465,3 +469,48 @@ def test_serve_with_two_workers_sums_them_and_forgets_dead_ones(
     finally:
         assert server.stop() == 0
     assert redis_sync.xlen("vod:stream") == sent
+
+
+def test_submissions_and_passes_of_other_processes_show_in_metrics_and_status(
+    redis_url: str,
+) -> None:
+    """`submit` and `reconcile` run and end in processes of their own: what they did is counted
+    in Redis, so the receiver's scrape and `status` show it."""
+    emulator_port = free_port()
+    with (
+        serving(redis_url=redis_url, metrics_token=TOKEN) as (base, _),
+        emulating("--delay", "0.1", "--drop-rate", "1", port=emulator_port) as (emulator, _),
+    ):
+        env = env_for(redis_url=redis_url, vod_endpoint=f"http://127.0.0.1:{emulator_port}")
+        submitted = run("submit", "--video-id", "v", "--template-id", "t", env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        refused = run("submit", "--video-id", "notfound-1", "--template-id", "t", env=env)
+        assert refused.returncode == 1
+        wait_for(lambda: emulator_jobs(emulator)[0]["status"] == "success", 10, "the job done")
+        report = json.loads(run("reconcile", "--once", "--grace", "0", env=env).stdout)
+        assert report["recovered"] == 1  # its callback was dropped
+
+        scraped = Scrape(httpx.get(f"{base}/metrics", headers=AUTH, timeout=10).text)
+    submissions = "vod_webhook_submissions_total"
+    assert scraped.value(submissions, outcome="submitted", code="") == 1
+    assert scraped.value(submissions, outcome="refused", code="InvalidVideo.NotFound") == 1
+    assert scraped.value("vod_webhook_limiter_wait_seconds_count") == 3  # 2 submits, 1 lookup
+    assert scraped.value("vod_webhook_reconcile_passes_total") == 1
+    assert scraped.value("vod_webhook_reconcile_recovered_total") == 1
+    assert scraped.value("vod_webhook_reconcile_timed_out_total") == 0
+    assert scraped.value("vod_webhook_pending_jobs") == 0
+
+    shown = run("status", "--json", env=env_for(redis_url=redis_url))
+    assert shown.returncode == 0, shown.stdout
+    document = json.loads(shown.stdout)
+    assert document["submissions"] == [
+        {"outcome": "submitted", "code": "", "count": 1},
+        {"outcome": "refused", "code": "InvalidVideo.NotFound", "count": 1},
+    ]
+    assert {quota["name"]: quota["calls"] for quota in document["quotas"]} == {
+        ACCESS_KEY_ID: 2,
+        f"{ACCESS_KEY_ID}:ListDynamicImage": 1,
+    }
+    reconcile = document["reconcile"]
+    assert (reconcile["expected"], reconcile["passes"], reconcile["recovered"]) == (True, 1, 1)
+    assert reconcile["interval_seconds"] is None  # --once: RECONCILE_INTERVAL_SECONDS applies

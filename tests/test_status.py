@@ -310,3 +310,14 @@ def test_status_command_with_redis_out_of_reach_says_so_and_exits_1() -> None:
     on_embedded = run("status", env=env_for(embedded_port=str(free_port())))
     assert on_embedded.returncode == 1
     assert "the embedded store lives inside a running `vod-webhook serve`" in on_embedded.stderr
+
+
+def test_status_help_says_what_it_shows_and_what_its_exit_codes_mean() -> None:
+    listed = run("--help")
+    assert "status" in listed.stdout
+    helped = run("status", "--help")
+    assert helped.returncode == 0
+    text = " ".join(helped.stdout.split())
+    assert "consumer group (lag, pending, consumers and their idle time)" in text
+    assert "exit codes: 0 nothing needs attention; 1 something does" in text
+    assert "--json" in text
