@@ -40,9 +40,11 @@ from tests.processes import (
     wait_until_answering,
 )
 from tests.test_app import SUCCESS, post
-from tests.test_status import populate
+from tests.test_status import populate, quiet
 from webhook.events import KNOWN_EVENT_TYPES
-from webhook.metrics import METRIC_NAMES, Metrics, series_names
+from webhook.metrics import METRIC_NAMES, Metrics, ResponseCounter, series_names
+from webhook.scrape import RedisFamilies
+from webhook.status import Group
 from webhook.store import Store
 
 TOKEN = "s3cret-metrics-token"
@@ -514,3 +516,42 @@ def test_submissions_and_passes_of_other_processes_show_in_metrics_and_status(
     reconcile = document["reconcile"]
     assert (reconcile["expected"], reconcile["passes"], reconcile["recovered"]) == (True, 1, 1)
     assert reconcile["interval_seconds"] is None  # --once: RECONCILE_INTERVAL_SECONDS applies
+
+
+def test_a_group_whose_lag_redis_cannot_tell_has_no_lag_series() -> None:
+    status = quiet(groups=(Group("g", consumers=1, pending=2, lag=None, last_delivered_id="1-0"),))
+    families = {family.name: family for family in RedisFamilies(status).collect()}
+    assert families["vod_webhook_consumer_group_lag"].samples == []
+    [pending] = families["vod_webhook_consumer_group_pending"].samples
+    assert (pending.labels, pending.value) == ({"group": "g"}, 2)
+
+
+async def test_an_error_after_the_answer_started_is_not_counted_twice() -> None:
+    metrics = Metrics(callback_path="/callbacks/vod", verify_outcomes=False)
+
+    async def fails_midway(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("a bug while streaming")
+
+    async def sent(message: Any) -> None:
+        pass
+
+    with pytest.raises(RuntimeError):
+        await ResponseCounter(fails_midway, metrics)({"type": "http"}, None, sent)
+    count = metrics.registry.get_sample_value
+    assert count("vod_webhook_http_responses_total", {"route": "other", "status": "200"}) == 1
+    assert count("vod_webhook_http_responses_total", {"route": "other", "status": "500"}) is None
+
+
+def test_an_unusable_multiprocess_directory_stops_serve_with_exit_2(tmp_path: Path) -> None:
+    occupied = tmp_path / "a-file"
+    occupied.write_text("not a directory")
+    port = free_port()
+    env = env_for(
+        auth_keys=AUTH_KEY, callback_url=f"http://127.0.0.1:{port}/callbacks/vod",
+        embedded_port=str(free_port()),
+    ) | {"PROMETHEUS_MULTIPROC_DIR": str(occupied / "metrics")}  # fmt: skip
+    result = run("serve", "--port", str(port), env=env)
+    assert result.returncode == 2
+    assert f"PROMETHEUS_MULTIPROC_DIR: cannot use {occupied / 'metrics'}" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -26,6 +26,7 @@ from webhook.stats import (
 )
 from webhook.status import (
     Status,
+    _with_members,
     needs_attention,
     read_status,
     status_document,
@@ -158,6 +159,15 @@ def passed(seconds_ago: float, interval: float | None = None) -> ReconcilePasses
             ),
             SETTINGS,
             "job j1 has been pending 1 h 0 min, past VOD_WEBHOOK_RECONCILE_DEADLINE_SECONDS",
+        ),
+        (
+            quiet(
+                pending_jobs=1,
+                oldest_pending_job="j2",
+                oldest_submitted_ms=100_000_000 - 50 * 3_600_000,
+            ),
+            SETTINGS,
+            "job j2 has been pending 2 d 2 h",
         ),
         # Reconciliation expected as these settings run it, and never seen.
         (quiet(), Settings(_env_file=None, reconcile=True), "no reconciliation pass yet"),
@@ -321,3 +331,13 @@ def test_status_help_says_what_it_shows_and_what_its_exit_codes_mean() -> None:
     assert "consumer group (lag, pending, consumers and their idle time)" in text
     assert "exit codes: 0 nothing needs attention; 1 something does" in text
     assert "--json" in text
+
+
+async def test_a_group_destroyed_between_the_two_reads_shows_no_consumers(
+    store: Store, redis_client: Redis
+) -> None:
+    await populate(store, redis_client)
+    [group] = (await read_status(store)).groups
+    await redis_client.xgroup_destroy("vod:stream", "thumbnails")
+    [gone] = await _with_members(store, [group])
+    assert (gone.name, gone.members) == ("thumbnails", ())
