@@ -67,7 +67,6 @@ def series_names() -> set[str]:
 
 OTHER = "other"  # an event type VOD does not list, or a path that is no route of the app
 UNKNOWN = "unknown"  # the event type of a body that was not parsed
-CALLBACK_OUTCOMES = ("accepted", "held", "duplicate", "rejected", "unavailable")
 REDIS_ERROR_KINDS = ("connection", "timeout", "out_of_memory", "busy", "other")
 SSE_DISCONNECT_REASONS = ("lagging", "shutdown", "redis_unavailable", "client_closed")
 # Callbacks take ~0.5 ms on an idle receiver and must be answered within VOD's 5 s.
@@ -87,46 +86,45 @@ class Metrics:
     count apart; in multiprocess mode the values go to the process's files all the same)."""
 
     def __init__(self, *, callback_path: str, verify_outcomes: bool) -> None:
-        self.registry = CollectorRegistry()
-        family: dict[str, Any] = {"registry": self.registry}
+        self.registry = registry = CollectorRegistry()
         self.callbacks = Counter(
             "vod_webhook_callbacks",
             "Callbacks by event type (VOD's, other, or unknown when not parsed), outcome and, "
             "for rejected and unavailable ones, error code.",
             ["event_type", "outcome", "error"],
-            **family,
+            registry=registry,
         )
         self.callback_duration = Histogram(
             "vod_webhook_callback_duration_seconds",
             "Time from a callback's arrival to its answer being decided, by outcome.",
             ["outcome"],
             buckets=DURATION_BUCKETS,
-            **family,
+            registry=registry,
         )
         self.http_responses = Counter(
             "vod_webhook_http_responses",
             "Responses of the app by route template (or other) and status code.",
             ["route", "status"],
-            **family,
+            registry=registry,
         )
         self.redis_errors = Counter(
             "vod_webhook_redis_errors",
             "Redis failures that made an operation of this process unavailable, by kind.",
             ["kind"],
-            **family,
+            registry=registry,
         )
         self.sse_clients = Gauge(
             "vod_webhook_sse_clients",
             "Open GET /events streams.",
             multiprocess_mode="livesum",
-            **family,
+            registry=registry,
         )
         self.sse_disconnects = Counter(
             "vod_webhook_sse_disconnects",
             "GET /events streams ended, by reason: lagging (fell too far behind), shutdown, "
             "redis_unavailable (replay interrupted), client_closed.",
             ["reason"],
-            **family,
+            registry=registry,
         )
         self.callback = CallbackMetrics(self, verify_outcomes=verify_outcomes)
         self.responses = ResponseMetrics(self.http_responses, callback_path)
@@ -137,7 +135,7 @@ class Metrics:
 
     def redis_failed(self, kind: str) -> None:
         """Count a Redis failure (store.unavailable's observer)."""
-        self._redis_errors.get(kind, self._redis_errors["other"]).inc()
+        self._redis_errors[kind].inc()
 
     def stream_opened(self) -> None:
         self.sse_clients.inc()
