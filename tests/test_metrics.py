@@ -41,8 +41,9 @@ from tests.processes import (
 )
 from tests.test_app import SUCCESS, post
 from tests.test_status import populate, quiet
+from webhook.app import RequestIdAndMetrics
 from webhook.events import KNOWN_EVENT_TYPES
-from webhook.metrics import METRIC_NAMES, Metrics, ResponseCounter, series_names
+from webhook.metrics import METRIC_NAMES, Metrics, series_names
 from webhook.scrape import RedisFamilies
 from webhook.status import Group
 from webhook.store import Store
@@ -536,8 +537,9 @@ async def test_an_error_after_the_answer_started_is_not_counted_twice() -> None:
     async def sent(message: Any) -> None:
         pass
 
+    http_scope = {"type": "http", "headers": []}
     with pytest.raises(RuntimeError):
-        await ResponseCounter(fails_midway, metrics)({"type": "http"}, None, sent)
+        await RequestIdAndMetrics(fails_midway, metrics.responses)(http_scope, None, sent)
     count = metrics.registry.get_sample_value
     assert count("vod_webhook_http_responses_total", {"route": "other", "status": "200"}) == 1
     assert count("vod_webhook_http_responses_total", {"route": "other", "status": "500"}) is None

@@ -27,7 +27,7 @@ from starlette.routing import BaseRoute, Route
 from webhook.api import ReadApi
 from webhook.errors import StoreUnavailable, WebhookError
 from webhook.feed import StreamFeed
-from webhook.metrics import Metrics, ResponseCounter
+from webhook.metrics import Metrics, ResponseMetrics
 from webhook.receiver import CallbackReceiver, json_response
 from webhook.reconcile import ReconcileOptions, run_reconciler
 from webhook.scrape import MetricsEndpoint
@@ -77,10 +77,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
         routes.append(Route("/metrics", scrape.metrics, methods=["GET"]))
     return Starlette(
         routes=routes,
-        middleware=[
-            Middleware(RequestIdMiddleware),
-            Middleware(ResponseCounter, metrics=metrics),
-        ],
+        middleware=[Middleware(RequestIdAndMetrics, responses=metrics.responses)],
         exception_handlers={
             WebhookError: _webhook_error,
             HTTPException: _http_error,
@@ -204,11 +201,15 @@ async def _cancel(task: asyncio.Task[None]) -> None:
         await task
 
 
-class RequestIdMiddleware:
-    """Give every request an id (the caller's X-Request-Id when sane) and echo it back."""
+class RequestIdAndMetrics:
+    """Give every request an id (the caller's X-Request-Id when sane) and echo it back; count
+    every response by route and status (a 500 too: Starlette's outermost middleware answers it,
+    after the error passed through here). One ASGI layer for both, as each layer costs every
+    callback a coroutine per message."""
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    def __init__(self, app: Callable[..., Any], responses: ResponseMetrics) -> None:
         self.app = app
+        self.responses = responses
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -222,13 +223,23 @@ class RequestIdMiddleware:
         if not _REQUEST_ID.fullmatch(request_id):
             request_id = os.urandom(16).hex()  # as random as uuid4, in a fraction of its time
         scope.setdefault("state", {})["request_id"] = request_id
+        responses = self.responses
+        answered = False
 
         async def send_with_id(message: Any) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start":
+                answered = True
+                responses.count(scope.get("route"), message["status"])
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not answered:
+                responses.count(scope.get("route"), 500)
+            raise
 
 
 # Young collections rarely, and none of them reaching the start-up objects: the hot path makes

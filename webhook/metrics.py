@@ -14,7 +14,6 @@ workers' files (webhook/scrape.py); with one worker they stay in this process's 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -153,16 +152,17 @@ class CallbackMetrics:
     def __init__(self, metrics: Metrics, *, verify_outcomes: bool) -> None:
         self._callbacks = metrics.callbacks
         self._duration_family = metrics.callback_duration
-        # outcome -> event type label -> child; the event type is bounded before any lookup.
-        self._stored: dict[str, dict[str, Counter]] = {
-            outcome: {} for outcome in ("accepted", "held", "duplicate")
-        }
-        self._failed: dict[tuple[str, str, str], Counter] = {}
         self._durations: dict[str, Histogram] = {}
-        stored = ("accepted", "duplicate", "held") if verify_outcomes else ("accepted", "duplicate")
-        for outcome in stored:
-            self._child(self._stored[outcome], DYNAMIC_IMAGE_COMPLETE, outcome)
-            self._duration(outcome)
+        # outcome -> (event type label -> child, the outcome's duration): one lookup a callback.
+        self._stored: dict[str, tuple[dict[str, Counter], Histogram]] = {}
+        self._failed: dict[tuple[str, str, str], Counter] = {}
+        answered = (
+            ("accepted", "duplicate", "held") if verify_outcomes else ("accepted", "duplicate")
+        )
+        for outcome in answered:
+            children: dict[str, Counter] = {}
+            self._stored[outcome] = (children, self._duration(outcome))
+            self._child(children, DYNAMIC_IMAGE_COMPLETE, outcome)
         for label, outcome, code in (
             (UNKNOWN, "rejected", "signature_mismatch"),
             (DYNAMIC_IMAGE_COMPLETE, "unavailable", "store_unavailable"),
@@ -173,10 +173,10 @@ class CallbackMetrics:
     def stored(self, event_type: str, outcome: str, seconds: float) -> None:
         """A callback answered 200: accepted, held or duplicate."""
         label = event_type if event_type in KNOWN_EVENT_TYPES else OTHER
-        children = self._stored[outcome]
+        children, duration = self._stored[outcome]
         child = children.get(label) or self._child(children, label, outcome)
         child.inc()
-        self._duration(outcome).observe(seconds)
+        duration.observe(seconds)
 
     def failed(self, event_type: str | None, error: WebhookError, seconds: float) -> None:
         """A callback refused (4xx: rejected) or not stored (503: unavailable)."""
@@ -225,33 +225,3 @@ class ResponseMetrics:
         if child is None:
             child = by_status[status] = self._family.labels(template, str(status))
         child.inc()
-
-
-class ResponseCounter:
-    """ASGI middleware counting every response the app gives (a 500 included: Starlette's
-    outermost middleware answers it, after the error passed through here)."""
-
-    def __init__(self, app: Callable[..., Any], metrics: Metrics) -> None:
-        self.app = app
-        self.responses = metrics.responses
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        responses = self.responses
-        answered = False
-
-        async def counting_send(message: Any) -> None:
-            nonlocal answered
-            if message["type"] == "http.response.start":
-                answered = True
-                responses.count(scope.get("route"), message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, counting_send)
-        except Exception:
-            if not answered:
-                responses.count(scope.get("route"), 500)
-            raise
