@@ -341,3 +341,11 @@ async def test_a_group_destroyed_between_the_two_reads_shows_no_consumers(
     await redis_client.xgroup_destroy("vod:stream", "thumbnails")
     [gone] = await _with_members(store, [group])
     assert (gone.name, gone.members) == ("thumbnails", ())
+
+
+async def test_a_key_of_another_type_where_the_stream_should_be_is_an_error(
+    store: Store, redis_client: Redis
+) -> None:
+    await redis_client.set("vod:stream", "not a stream")
+    with pytest.raises(StoreUnavailable, match="WRONGTYPE"):
+        await read_status(store)
