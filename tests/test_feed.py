@@ -164,6 +164,7 @@ def test_a_client_that_falls_behind_by_bytes_is_cut_off_and_resumes(
     with serving(
         redis_url=redis_server.url,
         api_token=TOKEN,
+        metrics_token=TOKEN,
         sse_queue_bytes=str(1024 * 1024),
         send_timeout_seconds="120",  # only the queue may cut this client off
     ) as (base, process):
@@ -224,6 +225,8 @@ def test_a_client_that_falls_behind_by_bytes_is_cut_off_and_resumes(
                     rest.append(line.removeprefix("id: "))
                     if len(got) + len(rest) == len(ids):
                         break
+        metrics = httpx.get(f"{base}/metrics", headers=AUTH, timeout=10).text
+        assert 'vod_webhook_sse_disconnects_total{reason="lagging"} 1.0' in metrics
     client.close()
     assert got + rest == ids
 

@@ -9,17 +9,19 @@ import textwrap
 from redis.asyncio import Redis
 
 from tests.conftest import RedisServer
+from webhook.keys import Keys
 from webhook.limiter import MARGIN, RateLimiter
 
 GRAB = textwrap.dedent(
     """
     import asyncio, sys
     from redis.asyncio import Redis
+    from webhook.keys import Keys
     from webhook.limiter import RateLimiter
 
     async def main() -> None:
         redis = Redis.from_url(sys.argv[1])
-        limiter = RateLimiter(redis, "limit:account", float(sys.argv[2]))
+        limiter = RateLimiter(redis, Keys("limit"), "account", float(sys.argv[2]))
         for _ in range(int(sys.argv[3])):
             print(await limiter.acquire(), flush=True)
         await redis.aclose()
@@ -64,8 +66,8 @@ def test_processes_sharing_a_quota_never_exceed_it_and_use_it(
 
 
 async def test_an_idle_quota_grants_at_once_then_spaces_callers(redis_client: Redis) -> None:
-    limiter = RateLimiter(redis_client, "limit:idle", 10)
+    limiter = RateLimiter(redis_client, Keys("limit"), "idle", 10)
     first = await limiter.acquire()
     second = await limiter.acquire()
     assert abs((second - first) - 1 / (10 * MARGIN)) < 0.001
-    assert await redis_client.pttl("limit:idle") > 0
+    assert await redis_client.pttl("limit:quota:idle") > 0

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from fakeredis import FakeServer
 from fakeredis.aioredis import FakeRedis
+from redis import exceptions
 from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
@@ -24,7 +25,7 @@ from webhook.errors import StoreUnavailable
 from webhook.events import Envelope, JobError, parse_callback
 from webhook.jobs import job_view
 from webhook.settings import Settings
-from webhook.store import Recorded, Store, UnsupportedRedis, script_source
+from webhook.store import Recorded, Store, UnsupportedRedis, failure_kind, script_source
 
 NOW = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
 
@@ -385,3 +386,22 @@ async def test_refusals_that_pass_are_not_errors(
         await store.record(envelope())
     assert not [log for log in logs if log["event"] == "redis_command_failed"]
     await redis.aclose()
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        (exceptions.OutOfMemoryError("OOM command not allowed"), "out_of_memory"),
+        (exceptions.BusyLoadingError("LOADING Redis is loading the dataset"), "busy"),
+        (exceptions.ResponseError("BUSY Redis is busy running a script"), "busy"),
+        (exceptions.TryAgainError("TRYAGAIN"), "busy"),
+        (exceptions.TimeoutError("Timeout reading from socket"), "timeout"),
+        (TimeoutError(), "timeout"),  # the call's own deadline
+        (exceptions.ConnectionError("Connection refused"), "connection"),
+        (ConnectionResetError(), "connection"),
+        (exceptions.ReadOnlyError("READONLY You can't write against a read only replica"), "other"),
+        (exceptions.ResponseError("MISCONF snapshots failing"), "other"),
+    ],
+)
+def test_redis_failures_are_told_apart_by_kind(error: Exception, kind: str) -> None:
+    assert failure_kind(error) == kind  # type: ignore[arg-type]

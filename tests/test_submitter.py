@@ -30,6 +30,7 @@ from webhook.errors import StoreUnavailable
 from webhook.limiter import RateLimiter
 from webhook.reconcile import reconcile_once
 from webhook.settings import Settings
+from webhook.status import read_status
 from webhook.store import Store
 from webhook.submitter import (
     InvalidJob,
@@ -104,7 +105,7 @@ async def start_world(
         stores.append(store)
         client, access_key_id = Vod.sdk_client(settings)
         assert access_key_id == ACCESS_KEY_ID
-        limiter = RateLimiter(store.redis, f"vod:quota:{access_key_id}", submit_qps)
+        limiter = RateLimiter(store.redis, store.keys, access_key_id, submit_qps)
         return World(receiver, emulator_url, settings, store, Vod(client, limiter, FAST_RETRY))
 
     yield start
@@ -166,6 +167,10 @@ async def test_throttling_is_retried_until_every_job_is_in(start_world: StartWor
     results = await asyncio.gather(*(Submitter(vod, world.store).submit(s) for s in specs))
     assert len({r.job_id for r in results}) == 5
     assert len(await world.emulator_jobs()) == 5
+    # Each call counted: the throttled retries, and the five VOD took.
+    counts = {(c.outcome, c.code): c.count for c in (await read_status(world.store)).submissions}
+    assert counts[("submitted", "")] == 5
+    assert counts[("throttled", "Throttling.User")] >= 3
 
 
 def test_retry_waits_are_full_jitter_under_a_growing_cap() -> None:
@@ -188,6 +193,8 @@ async def test_unreachable_vod_is_a_network_error_after_bounded_retries(
         await vod.submit_dynamic_image_job("v", "t", None)
     assert caught.value.code == "NetworkError"
     assert caught.value.transient
+    [failed] = (await read_status(world.store)).submissions
+    assert (failed.outcome, failed.code, failed.count) == ("failed", "NetworkError", 4)
 
 
 async def test_batch_reports_bad_lines_and_a_rerun_submits_nothing_again(
@@ -360,7 +367,9 @@ async def submitter_losing_redis(
             own_redis.stop()
             return answer
 
-    vod = RedisDiesMeanwhile(world.vod._client, RateLimiter(store.redis, "q", 30), FAST_RETRY)
+    vod = RedisDiesMeanwhile(
+        world.vod._client, RateLimiter(store.redis, store.keys, "q", 30), FAST_RETRY
+    )
     yield world, Submitter(vod, store)
     await store.close()
 

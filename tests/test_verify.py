@@ -93,7 +93,7 @@ def make_vod(
             )
             endpoint = await serve_app(lambda _: create_emulator_app(options))
         client, key_id = Vod.sdk_client(make_settings(vod_endpoint=endpoint))
-        return Vod(client, RateLimiter(store.redis, f"vod:quota:{key_id}", 100), ONE_TRY)
+        return Vod(client, RateLimiter(store.redis, store.keys, key_id, 100), ONE_TRY)
 
     return make
 

@@ -27,10 +27,12 @@ from starlette.routing import BaseRoute, Route
 from webhook.api import ReadApi
 from webhook.errors import StoreUnavailable, WebhookError
 from webhook.feed import StreamFeed
+from webhook.metrics import Metrics, ResponseMetrics
 from webhook.receiver import CallbackReceiver, json_response
 from webhook.reconcile import ReconcileOptions, run_reconciler
+from webhook.scrape import MetricsEndpoint
 from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
-from webhook.store import Store, UnsupportedRedis
+from webhook.store import Store, UnsupportedRedis, unavailable
 from webhook.verify import VerifyOptions, drain_held, run_verifier
 from webhook.vod import Vod
 
@@ -46,6 +48,9 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
     process; not an app among many in one process, as in tests)."""
     check_receiver_settings(settings)
     store = Store.from_settings(settings)
+    metrics = Metrics(
+        callback_path=settings.callback_path, verify_outcomes=settings.verify_outcomes
+    )
     # Built now so missing credentials stop start-up rather than the first pass.
     vod = Vod.from_settings(settings, store.redis) if settings.calls_vod else None
     feed = (
@@ -54,26 +59,31 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
             store.keys.stream,
             queue_size=settings.sse_queue_size,
             queue_bytes=settings.sse_queue_bytes,
+            metrics=metrics,
         )
         if settings.api_token is not None
         else None
     )
+    receiver = CallbackReceiver(settings, store, metrics.callback)
     routes: list[BaseRoute] = [
-        Route(settings.callback_path, CallbackReceiver(settings, store).receive, methods=["POST"]),
+        Route(settings.callback_path, receiver.receive, methods=["POST"]),
         Route("/healthz", healthz, methods=["GET"]),
         Route("/readyz", Readiness(store).readyz, methods=["GET"]),
     ]
     if feed is not None:
         routes += ReadApi(settings, store, feed).routes()
+    if settings.metrics_token is not None:
+        scrape = MetricsEndpoint(settings, store, metrics)
+        routes.append(Route("/metrics", scrape.metrics, methods=["GET"]))
     return Starlette(
         routes=routes,
-        middleware=[Middleware(RequestIdMiddleware)],
+        middleware=[Middleware(RequestIdAndMetrics, responses=metrics.responses)],
         exception_handlers={
             WebhookError: _webhook_error,
             HTTPException: _http_error,
             Exception: _unexpected_error,
         },
-        lifespan=Services(settings, store, vod, feed, freeze_gc=freeze_gc).run,
+        lifespan=Services(settings, store, vod, feed, metrics, freeze_gc=freeze_gc).run,
     )
 
 
@@ -95,9 +105,9 @@ class Readiness:
 
 
 class Services:
-    """What runs beside the routes, from start-up to shutdown: the store, the feed of
-    `/events`, verification (or the drain) of held outcomes, reconciliation, and readiness
-    going down on SIGTERM."""
+    """What runs beside the routes, from start-up to shutdown: the store (its failures
+    counted), the metrics' tallies flushed, the feed of `/events`, verification (or the drain)
+    of held outcomes, reconciliation, and readiness going down on SIGTERM."""
 
     def __init__(
         self,
@@ -105,6 +115,7 @@ class Services:
         store: Store,
         vod: Vod | None,
         feed: StreamFeed | None,
+        metrics: Metrics,
         *,
         freeze_gc: bool,
     ) -> None:
@@ -112,12 +123,15 @@ class Services:
         self.store = store
         self.vod = vod
         self.feed = feed
+        self.metrics = metrics
         self.freeze_gc = freeze_gc
 
     @asynccontextmanager
     async def run(self, app: Starlette) -> AsyncIterator[None]:
         app.state.draining = False
         async with AsyncExitStack() as running:  # stopped in reverse order
+            running.callback(_count_redis_failures(self.metrics))
+            running.callback(self.metrics.tallies.flush)  # the last counts, for the scrapes
             running.push_async_callback(self.store.close)
             await self._open_store()
             self._warn_about_settings()
@@ -152,7 +166,7 @@ class Services:
 
     def _background_work(self) -> list[Coroutine[Any, Any, None]]:
         settings, store, vod = self.settings, self.store, self.vod
-        work: list[Coroutine[Any, Any, None]] = []
+        work: list[Coroutine[Any, Any, None]] = [self.metrics.flush_every()]
         if not settings.verify_outcomes:
             # Outcomes a verifying deployment held (and answered 200 for) must still go out.
             work.append(drain_held(store))
@@ -171,17 +185,32 @@ class Services:
         return work
 
 
+def _count_redis_failures(metrics: Metrics) -> Callable[[], None]:
+    """Count every Redis failure of this process while the app runs; returns what stops it."""
+    previous = unavailable.observer
+    unavailable.observer = metrics.redis_failed
+
+    def restore() -> None:
+        unavailable.observer = previous
+
+    return restore
+
+
 async def _cancel(task: asyncio.Task[None]) -> None:
     task.cancel()
     with suppress(asyncio.CancelledError):
         await task
 
 
-class RequestIdMiddleware:
-    """Give every request an id (the caller's X-Request-Id when sane) and echo it back."""
+class RequestIdAndMetrics:
+    """Give every request an id (the caller's X-Request-Id when sane) and echo it back; count
+    every response by route and status (a 500 too: Starlette's outermost middleware answers it,
+    after the error passed through here). One ASGI layer for both, as each layer costs every
+    callback a coroutine per message."""
 
-    def __init__(self, app: Callable[..., Any]) -> None:
+    def __init__(self, app: Callable[..., Any], responses: ResponseMetrics) -> None:
         self.app = app
+        self.responses = responses
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -195,13 +224,23 @@ class RequestIdMiddleware:
         if not _REQUEST_ID.fullmatch(request_id):
             request_id = os.urandom(16).hex()  # as random as uuid4, in a fraction of its time
         scope.setdefault("state", {})["request_id"] = request_id
+        responses = self.responses
+        answered = False
 
         async def send_with_id(message: Any) -> None:
+            nonlocal answered
             if message["type"] == "http.response.start":
+                answered = True
+                responses.count(scope.get("route"), message["status"])
                 message.setdefault("headers", []).append((b"x-request-id", request_id.encode()))
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            if not answered:
+                responses.count(scope.get("route"), 500)
+            raise
 
 
 # Young collections rarely, and none of them reaching the start-up objects: the hot path makes

@@ -37,6 +37,7 @@ from webhook.logs import configure_logging
 from webhook.reconcile import ReconcileOptions, reconcile_once, run_reconciler
 from webhook.settings import ConfigError, Settings, load_settings, redis_url_of, safe_url
 from webhook.signature import auth_key_refusal, callback_url_problem
+from webhook.status import needs_attention, read_status, status_document, status_lines
 from webhook.store import Store
 from webhook.submitter import InvalidJob, LineResult, Submitter, job_from_options
 from webhook.vod import Vod, VodError, masked_message_callback
@@ -423,6 +424,16 @@ def _counted(count: int, thing: str) -> str:
     return f"{count} {thing}{'' if count == 1 else 's'}"
 
 
+async def status(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        snapshot = await read_status(store, consumers=True)
+    if args.json:
+        print(json.dumps(status_document(snapshot, settings)))
+    else:
+        print("\n".join(status_lines(snapshot, settings)))
+    return EXIT_FAILURE if needs_attention(snapshot, settings) else 0
+
+
 async def reconcile(settings: Settings, args: argparse.Namespace) -> int:
     options = ReconcileOptions.from_settings(
         settings,
@@ -518,7 +529,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(run=None, run_async=None)  # each command sets one of them
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_serve, _add_listen, _add_replay, _add_send_test, _add_submit, _add_jobs,
-                _add_deadletter, _add_reconcile, _add_register, _add_emulator):  # fmt: skip
+                _add_status, _add_deadletter, _add_reconcile, _add_register,
+                _add_emulator):  # fmt: skip
         add(commands)
     return parser
 
@@ -729,6 +741,24 @@ def _add_dead_letter_selection(parser: argparse.ArgumentParser, verb: str) -> No
         "--group",
         help="only this consumer group's dead letters (an id of another group's is unknown)",
     )
+
+
+def _add_status(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "status",
+        help="show the state in Redis; exit 1 when something needs attention",
+        description="Show the stream (length, oldest entry), each consumer group (lag, pending, "
+        "consumers and their idle time), dead letters, pending jobs and the oldest's age, "
+        "outcomes held for verification, the VOD quotas' use, submissions by outcome and the "
+        "last reconciliation pass, from the configured Redis (or the embedded store).",
+        epilog="exit codes: 0 nothing needs attention; 1 something does (dead-lettered "
+        "entries, a job pending past VOD_WEBHOOK_RECONCILE_DEADLINE_SECONDS, no reconciliation "
+        "pass for 3 intervals where one is expected: this Redis has seen one, or "
+        "VOD_WEBHOOK_RECONCILE is set), each said under 'needs attention', or Redis is "
+        "unavailable (said on stderr); 2 bad configuration",
+    )
+    parser.set_defaults(run_async=status)
+    parser.add_argument("--json", action="store_true", help="print JSON (shape in the README)")
 
 
 def _add_reconcile(commands: _Commands) -> None:

@@ -45,7 +45,7 @@ class BadRequest(WebhookError):
 
 
 class Unauthorized(WebhookError):
-    """The read API needs `Authorization: Bearer <VOD_WEBHOOK_API_TOKEN>`."""
+    """The read API and /metrics need `Authorization: Bearer <token>` (webhook/bearer.py)."""
 
     status_code = 401
     code = "unauthorized"

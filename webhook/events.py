@@ -28,6 +28,17 @@ from pydantic import (
 from webhook.errors import PayloadError, explain
 
 DYNAMIC_IMAGE_COMPLETE = "DynamicImageComplete"
+# Every event type VOD documents sending to a callback URL (its documentation lists these).
+KNOWN_EVENT_TYPES = frozenset(
+    {
+        "FileUploadComplete", "ImageUploadComplete", "StreamTranscodeComplete",
+        "TranscodeComplete", "SnapshotComplete", DYNAMIC_IMAGE_COMPLETE,
+        "AddLiveRecordVideoComplete", "LiveRecordVideoComposeStart", "UploadByURLComplete",
+        "CreateAuditComplete", "VideoAnalysisComplete", "AttachedMediaUploadComplete",
+        "ProduceMediaComplete", "DeleteMediaComplete", "MediaBaseChangeComplete",
+        "AIMediaAuditComplete", "AIMediaDNAComplete", "AIVideoTagComplete",
+    }
+)  # fmt: skip
 
 # VOD writes `2017-03-20T07:49:17Z`, sometimes with milliseconds after a colon
 # (`…:17:123Z`); a dot is accepted too.

@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
+from webhook.metrics import Metrics
 from webhook.streams import StreamEntries, read_entries, stream_entries
 
 logger = structlog.get_logger("webhook.feed")
@@ -104,7 +105,7 @@ async def history(redis: Redis, stream: str, after: str, page: int) -> AsyncIter
 
 class Ended(Exception):
     """The feed ended for this connection: it fell more than its queue behind, or the server
-    is shutting down."""
+    is shutting down (Subscription.end_reason says which)."""
 
 
 class Subscription:
@@ -118,6 +119,7 @@ class Subscription:
         self.queued_bytes = 0
         self._ready = asyncio.Event()
         self.ended = False
+        self.end_reason: str | None = None
 
     @property
     def queued(self) -> int:
@@ -139,16 +141,18 @@ class Subscription:
                 queued_bytes=self.queued_bytes + added,
                 detail="disconnected; it resumes from the stream with Last-Event-ID",
             )
-            self.end()
+            self.end("lagging")
             return
         self._pending.extend(entries)
         self.queued_bytes += added
         self._ready.set()
 
-    def end(self) -> None:
+    def end(self, reason: str) -> None:
+        """End this connection's feed, for `reason` (one of metrics.SSE_DISCONNECT_REASONS)."""
         if self.ended:
             return
         self.ended = True
+        self.end_reason = reason
         self._pending.clear()  # never to be sent now
         self.queued_bytes = 0
         self._ready.set()
@@ -171,8 +175,11 @@ class Subscription:
 
 
 class StreamFeed:
-    def __init__(self, redis: Redis, stream: str, *, queue_size: int, queue_bytes: int) -> None:
+    def __init__(
+        self, redis: Redis, stream: str, *, queue_size: int, queue_bytes: int, metrics: Metrics
+    ) -> None:
         self._redis = redis
+        self._metrics = metrics
         self._stream = stream
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
@@ -187,7 +194,7 @@ class StreamFeed:
         """End every connection's feed, now and from now on."""
         self._closed = True
         for subscription in self._subscriptions:
-            subscription.end()
+            subscription.end("shutdown")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -203,12 +210,15 @@ class StreamFeed:
     async def subscription(self) -> AsyncIterator[Subscription]:
         subscription = Subscription(self._queue_size, self._queue_bytes)
         if self._closed:
-            subscription.end()
+            subscription.end("shutdown")
         self._subscriptions.add(subscription)
+        self._metrics.stream_opened()
         try:
             yield subscription
         finally:
             self._subscriptions.discard(subscription)
+            # Not ended by the feed: the client went away (or was cut off for not reading).
+            self._metrics.stream_closed(subscription.end_reason or "client_closed")
 
     async def _follow(self) -> None:
         last: str | None = None

@@ -18,6 +18,12 @@ Layout (prefix configurable):
   {prefix}:ready                readiness probe: written by every /readyz, expires in 10 s
   {prefix}:held:{fingerprint}   an outcome awaiting verification (VERIFY_OUTCOMES), then a tombstone
   {prefix}:verify               sorted set: held outcomes by when they are next checked
+  {prefix}:stats:submissions    hash: SubmitDynamicImageJob calls, field `<outcome>|<VOD code>`
+  {prefix}:stats:limiter        hash: per quota, `<quota>|calls`, `<quota>|wait_us`, and its
+                                arrival time and interval, `<quota>|tat_us`, `<quota>|interval_us`
+  {prefix}:stats:reconcile      hash: passes, recovered, timed_out, last_pass_ms, interval_ms
+                                (the stats hashes: counters of the processes Prometheus does not
+                                scrape, exported by /metrics and shown by `status`)
   {prefix}:events, {prefix}:events:{EventType}, {prefix}:jobs:{JobId}   pub/sub channels
 """
 
@@ -39,6 +45,9 @@ class Keys:
         self.events_channel = f"{prefix}:events"
         self.verify_queue = f"{prefix}:verify"
         self.ready = f"{prefix}:ready"
+        self.submission_stats = f"{prefix}:stats:submissions"
+        self.limiter_stats = f"{prefix}:stats:limiter"
+        self.reconcile_stats = f"{prefix}:stats:reconcile"
 
     def redrive(self, group: str) -> str:
         """Where dead letters redriven to `group` wait for its consumers (and no other group's)."""
@@ -48,9 +57,10 @@ class Keys:
         """Whose turn it is to run `task` (one caller per interval, any process)."""
         return f"{self.prefix}:turn:{task}"
 
-    def quota(self, account: str) -> str:
-        """An account's submission quota (`{quota}:ListDynamicImage`: its ListDynamicImage one)."""
-        return f"{self.prefix}:quota:{account}"
+    def quota(self, name: str) -> str:
+        """A quota's limiter state: `<account>` an account's submission quota,
+        `<account>:ListDynamicImage` its ListDynamicImage one."""
+        return f"{self.prefix}:quota:{name}"
 
     def held(self, fingerprint: str) -> str:
         return f"{self.prefix}:held:{fingerprint}"

@@ -6,6 +6,7 @@ import asyncio
 
 from redis.asyncio import Redis
 
+from webhook.keys import Keys
 from webhook.store import script_source, unavailable
 
 # Slots are spaced 2 % wider than 1/qps: any 1-second window then holds at most `qps` calls even
@@ -14,8 +15,14 @@ MARGIN = 0.98
 
 
 class RateLimiter:
-    def __init__(self, redis: Redis, key: str, qps: float) -> None:
-        self.key = key
+    """The quota `name` under `keys` (see Keys.quota); each reservation is also counted in the
+    limiter's stats hash, in the same script call."""
+
+    def __init__(self, redis: Redis, keys: Keys, name: str, qps: float) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.name = name
+        self.key = keys.quota(name)
         self.interval_us = round(1_000_000 / (qps * MARGIN))
         self._reserve = redis.register_script(script_source("gcra"))
 
@@ -23,7 +30,9 @@ class RateLimiter:
         """Wait for this caller's slot (handed out in order of arrival); returns the slot's time,
         seconds since the epoch on Redis's clock."""
         with unavailable("Redis is unavailable for the rate limiter: {error}"):
-            slot_us, wait_us = await self._reserve(keys=[self.key], args=[self.interval_us])
+            slot_us, wait_us = await self._reserve(
+                keys=[self.key, self.keys.limiter_stats], args=[self.interval_us, self.name]
+            )
         if wait_us > 0:
             await asyncio.sleep(wait_us / 1_000_000)
         return int(slot_us) / 1_000_000

@@ -19,6 +19,7 @@ from webhook.errors import (
     WebhookError,
 )
 from webhook.events import parse_callback
+from webhook.metrics import CallbackMetrics
 from webhook.settings import Settings
 from webhook.signature import verify_signature
 from webhook.store import Store
@@ -29,8 +30,9 @@ logger = structlog.get_logger("webhook.receiver")
 class CallbackReceiver:
     """Receives VOD's callbacks at `settings.callback_path`; a 200 only for what is stored."""
 
-    def __init__(self, settings: Settings, store: Store) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics: CallbackMetrics) -> None:
         self.store = store
+        self.metrics = metrics
         self.auth_keys = [key.get_secret_value() for key in settings.auth_keys]
         self.callback_url = settings.callback_url or ""
         self.max_body_bytes = settings.max_body_bytes
@@ -40,6 +42,7 @@ class CallbackReceiver:
     async def receive(self, request: Request) -> Response:
         started = time.perf_counter()
         log = logger.bind(request_id=request.scope["state"]["request_id"])
+        event_type: str | None = None  # until the body is parsed
         try:
             received_at = datetime.now(UTC)
             check_content_length(request, self.max_body_bytes)
@@ -54,22 +57,27 @@ class CallbackReceiver:
                 )
             body = await read_body(request, self.max_body_bytes)
             envelope = parse_callback(body, received_at)
-            log = log.bind(event_type=envelope.event_type, job_id=envelope.job_id)
+            event_type = envelope.event_type
+            log = log.bind(event_type=event_type, job_id=envelope.job_id)
             # VOD does not sign the body: with VERIFY_OUTCOMES a job outcome is held, stored,
             # until ListDynamicImage confirms it (webhook/verify.py).
             hold = self.verify_outcomes and envelope.is_job_outcome and bool(envelope.job_id)
             recorded = await (self.store.hold(envelope) if hold else self.store.record(envelope))
         except WebhookError as exc:
+            seconds = time.perf_counter() - started
+            self.metrics.failed(event_type, exc, seconds)
             log.warning(
                 "callback_rejected",
                 status=exc.status_code,
                 error=exc.code,
                 detail=exc.detail,
-                duration_ms=_ms_since(started),
+                duration_ms=_ms(seconds),
             )
             raise
         outcome = "duplicate" if recorded.duplicate else "held" if hold else "accepted"
-        log.info(f"callback_{outcome}", id=recorded.id, status=200, duration_ms=_ms_since(started))
+        seconds = time.perf_counter() - started
+        self.metrics.stored(envelope.event_type, outcome, seconds)
+        log.info(f"callback_{outcome}", id=recorded.id, status=200, duration_ms=_ms(seconds))
         return json_response(
             {
                 "status": outcome,
@@ -117,5 +125,5 @@ def json_response(
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-def _ms_since(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 2)
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

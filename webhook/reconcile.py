@@ -21,7 +21,8 @@ from webhook.events import (
     parse_event_time,
 )
 from webhook.settings import Settings
-from webhook.store import Store
+from webhook.stats import count_reconcile_pass
+from webhook.store import Store, unavailable
 from webhook.vod import DynamicImage, Vod, VodError
 
 logger = structlog.get_logger("webhook.reconcile")
@@ -67,9 +68,15 @@ class ReconcileReport:
 
 
 async def reconcile_once(
-    store: Store, vod: Vod, *, grace_seconds: float, deadline_seconds: float
+    store: Store,
+    vod: Vod,
+    *,
+    grace_seconds: float,
+    deadline_seconds: float,
+    interval_seconds: float | None = None,
 ) -> ReconcileReport:
-    """One pass over the jobs pending longer than `grace_seconds`, one lookup per video."""
+    """One pass over the jobs pending longer than `grace_seconds`, one lookup per video; counted
+    in the reconcile stats (with `interval_seconds`, the loop's that runs it, if any)."""
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
     report = ReconcileReport()
@@ -104,6 +111,15 @@ async def reconcile_once(
                 report.timed_out += 1
             else:
                 report.still_pending += 1
+    with unavailable():
+        await count_reconcile_pass(
+            store.redis,
+            store.keys,
+            recovered=report.recovered,
+            timed_out=report.timed_out,
+            at_ms=now_ms,
+            interval_seconds=interval_seconds,
+        )
     if report.overdue:
         logger.info("reconcile_pass", **asdict(report))
     return report
@@ -123,7 +139,11 @@ async def run_reconciler(
         try:
             if await store.take_turn("reconcile", token, interval_seconds):
                 await reconcile_once(
-                    store, vod, grace_seconds=grace_seconds, deadline_seconds=deadline_seconds
+                    store,
+                    vod,
+                    grace_seconds=grace_seconds,
+                    deadline_seconds=deadline_seconds,
+                    interval_seconds=interval_seconds,
                 )
         except StoreUnavailable as exc:
             logger.warning("reconcile_skipped", detail=exc.detail)

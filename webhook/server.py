@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import redis
 import structlog
 import uvicorn
+from prometheus_client.multiprocess import mark_process_dead
 from redis.exceptions import AuthenticationError, RedisError, ResponseError
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
@@ -101,11 +107,50 @@ def serve(settings: Settings, *, host: str, port: int, workers: int) -> None:
                 detail="no VOD_WEBHOOK_REDIS_URL: events are kept in this process's memory and "
                 "lost when it stops; use Redis in production",
             )
-        if workers > 1:
-            Multiprocess(config, sockets=[sock]).run()
-        else:
-            uvicorn.Server(config).run(sockets=[sock])
+        with metrics_directory(workers):
+            if workers > 1:
+                MetricsMultiprocess(config, sockets=[sock]).run()
+            else:
+                uvicorn.Server(config).run(sockets=[sock])
     finally:
         if embedded is not None:
             embedded.stop()
         sock.close()
+
+
+@contextmanager
+def metrics_directory(workers: int) -> Iterator[None]:
+    """prometheus-client's multiprocess directory, ready before any worker exists (the workers
+    inherit the variable): PROMETHEUS_MULTIPROC_DIR when set, created if missing and its files
+    of an earlier run wiped; else, with several workers, a temporary one, removed at the end.
+    One worker without the variable keeps its metrics in memory."""
+    given = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if given:
+        try:
+            folder = Path(given)
+            folder.mkdir(parents=True, exist_ok=True)
+            for stale in folder.glob("*.db"):  # the files prometheus-client writes
+                stale.unlink()
+        except OSError as exc:
+            raise ConfigError(f"PROMETHEUS_MULTIPROC_DIR: cannot use {given}: {exc}") from None
+        yield
+    elif workers > 1:
+        with tempfile.TemporaryDirectory(prefix="vod-webhook-metrics-") as temporary:
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = temporary
+            try:
+                yield
+            finally:
+                del os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    else:
+        yield
+
+
+class MetricsMultiprocess(Multiprocess):
+    """uvicorn's supervisor of `--workers`, telling prometheus-client of every worker it found
+    dead and replaced, so that the live gauges (open /events streams) forget its values."""
+
+    def keep_subprocess_alive(self) -> None:
+        before = {process.pid for process in self.processes}
+        super().keep_subprocess_alive()
+        for pid in before - {process.pid for process in self.processes}:
+            mark_process_dead(pid)  # type: ignore[no-untyped-call]

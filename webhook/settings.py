@@ -128,6 +128,12 @@ class Settings(BaseSettings):
         description="Bearer token for the read API (`GET /events`, `GET /jobs/{job_id}`); "
         "unset, those endpoints are off (404).",
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description='Bearer token for `GET /metrics` (Prometheus text format, see "Metrics"), '
+        "separate from `API_TOKEN` so a scraper cannot read events or jobs; unset, `/metrics` "
+        "is off (404).",
+    )
     sse_queue_size: int = Field(
         1000,
         ge=1,
@@ -249,7 +255,7 @@ class Settings(BaseSettings):
                 )
         return keys
 
-    @field_validator("api_token", mode="before")
+    @field_validator("api_token", "metrics_token", mode="before")
     @classmethod
     def _blank_token_is_none(cls, value: object) -> object:
         return None if value == "" else value

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 import structlog
@@ -30,12 +31,14 @@ from redis.exceptions import (
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhook.autopipeline import AutoPipeline
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope, utc_text
 from webhook.keys import Keys
 from webhook.settings import Settings, redis_url_of
+from webhook.stats import submission_field
 
 _ID_PLACEHOLDER = '{"id":""'
 logger = structlog.get_logger("webhook.store")
@@ -208,7 +211,8 @@ class Store:
         """Correlate a submission with its job; None if this job's submission was recorded before.
 
         When the job's outcome came first, it is published again with the submission filled
-        in, and the returned Recorded names that envelope (id "" while the job is pending).
+        in, and the returned Recorded names that envelope (id "" while the job is pending). The
+        same call counts the submission (`submitted` in the submission stats).
         """
         keys = self.keys
         args: list[Any] = [
@@ -218,10 +222,13 @@ class Store:
             _epoch_ms(submitted_at),
             self._dedup_ttl,
             self._stream_maxlen,
+            submission_field("submitted"),
             *keys.job_outcome_channels(job_id),
         ]
         created, entry_id = await self._call(
-            self._record_submission, [keys.job(job_id), keys.pending, keys.stream], args
+            self._record_submission,
+            [keys.job(job_id), keys.pending, keys.stream, keys.submission_stats],
+            args,
         )
         return Recorded(id=entry_id, duplicate=False) if created else None
 
@@ -317,8 +324,13 @@ class unavailable:
     """Turn a failure to reach or use Redis into StoreUnavailable, the one error that means
     "retry later" (503 over HTTP). `message` may use {error} and {kind}.
 
+    `observer`, when set, hears the kind of each such failure (`failure_kind`): the receiver
+    sets it while it runs, to count them (webhook/metrics.py); the commands leave it unset.
+
     A class rather than a @contextmanager: it wraps every callback's script call, and costs a
     fraction of a generator's set-up."""
+
+    observer: ClassVar[Callable[[str], None] | None] = None
 
     def __init__(self, message: str = "Redis is unavailable: {error}") -> None:
         self.message = message
@@ -335,7 +347,24 @@ class unavailable:
             # Not Redis being down or full: a bug (a script's, or ours) would hide behind the
             # 503 that VOD retries and then drops.
             logger.error("redis_command_failed", error=str(exc))
+        if unavailable.observer is not None:
+            unavailable.observer(failure_kind(exc))
         raise StoreUnavailable(self.message.format(error=exc, kind=type(exc).__name__)) from None
+
+
+def failure_kind(error: RedisError | OSError) -> str:
+    """What failed, in a word: `out_of_memory`, `busy` (a script running, a dataset loading,
+    TRYAGAIN), `timeout`, `connection` (refused, reset, no connection free), or `other`
+    (read-only, MISCONF, a refused command)."""
+    if isinstance(error, OutOfMemoryError):
+        return "out_of_memory"
+    if isinstance(error, BusyLoadingError | TryAgainError) or str(error).startswith("BUSY"):
+        return "busy"
+    if isinstance(error, RedisTimeoutError | TimeoutError):
+        return "timeout"
+    if isinstance(error, RedisConnectionError | OSError):
+        return "connection"
+    return "other"
 
 
 def _passing(refusal: ResponseError) -> bool:

@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from webhook.keys import Keys
 from webhook.limiter import RateLimiter
 from webhook.settings import ConfigError, Settings
+from webhook.stats import count_submission
 
 # The SDK is ~600 modules: imported when a Vod is built, not by every process that imports this
 # one (a `serve` worker without RECONCILE or VERIFY_OUTCOMES never needs it).
@@ -53,6 +54,14 @@ class VodError(Exception):
     @property
     def transient(self) -> bool:
         return self.code in _TRANSIENT_CODES or (self.status_code or 0) >= 500
+
+    @property
+    def outcome(self) -> str:
+        """What the call came to, as the submission stats count it: throttled (VOD's quota),
+        failed (VOD or the network failing, for a while), or refused (for good)."""
+        if self.code.startswith("Throttling"):
+            return "throttled"
+        return "failed" if self.transient else "refused"
 
 
 @dataclass(frozen=True)
@@ -107,9 +116,9 @@ class Vod:
         """Calls share the quotas of settings.account_id, else of the signing AccessKey ID: one
         for ListDynamicImage, one for the rest (submissions)."""
         client, access_key_id = cls.sdk_client(settings)
-        quota = Keys(settings.key_prefix).quota(settings.account_id or access_key_id)
-        limiter = RateLimiter(redis, quota, settings.submit_qps)
-        list_limiter = RateLimiter(redis, f"{quota}:ListDynamicImage", settings.list_qps)
+        keys, account = Keys(settings.key_prefix), settings.account_id or access_key_id
+        limiter = RateLimiter(redis, keys, account, settings.submit_qps)
+        list_limiter = RateLimiter(redis, keys, f"{account}:ListDynamicImage", settings.list_qps)
         return cls(client, limiter, list_limiter=list_limiter)
 
     @staticmethod
@@ -205,6 +214,9 @@ class Vod:
                 return await call()
             except TeaException as exc:
                 error = _vod_error(exc)
+            if action == "SubmitDynamicImageJob":  # one VOD took is counted as it is recorded
+                shared = self._limiter  # the Redis and prefix of its quota keep the count too
+                await count_submission(shared.redis, shared.keys, error.outcome, error.code)
             attempt += 1
             if not error.transient or attempt >= self._retry.attempts:
                 raise error

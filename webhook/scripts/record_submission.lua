@@ -3,13 +3,15 @@
 -- KEYS[1]  the job hash
 -- KEYS[2]  the pending-jobs index
 -- KEYS[3]  the durable stream
+-- KEYS[4]  the submission stats hash
 -- ARGV[1]  job id
 -- ARGV[2]  video id
 -- ARGV[3]  the submission JSON object
 -- ARGV[4]  submission time, ms since the epoch
 -- ARGV[5]  seconds the job record is kept
 -- ARGV[6]  approximate stream length to keep
--- ARGV[7 ..]  channels the job's outcome is published on
+-- ARGV[7]  the stats field counting this submission (VOD accepted it)
+-- ARGV[8 ..]  channels the job's outcome is published on
 -- Returns {0, ''} if the job's submission was recorded before, {1, ''} when the job is now
 -- pending, and {1, id} when its outcome had come first and was published again, correlated.
 
@@ -17,6 +19,7 @@ local job, pending, stream = KEYS[1], KEYS[2], KEYS[3]
 local job_id, video_id, submission, submitted_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local ttl, maxlen = ARGV[5], ARGV[6]
 
+redis.call('HINCRBY', KEYS[4], ARGV[7], 1)
 if redis.call('HEXISTS', job, 'submitted_ms') == 1 then
   return {0, ''}
 end
@@ -33,7 +36,7 @@ end
 
 -- The outcome came first and went out uncorrelated; publish it once more, correlated.
 local channels = {}
-for i = 7, #ARGV do
+for i = 8, #ARGV do
   channels[#channels + 1] = ARGV[i]
 end
 local id = next_stream_id(stream)
