@@ -106,8 +106,8 @@ class Readiness:
 
 class Services:
     """What runs beside the routes, from start-up to shutdown: the store (its failures
-    counted), the metrics' tallies flushed, the feed of `/events`, verification (or the drain)
-    of held outcomes, reconciliation, and readiness going down on SIGTERM."""
+    counted), the feed of `/events`, verification (or the drain) of held outcomes,
+    reconciliation, and readiness going down on SIGTERM."""
 
     def __init__(
         self,
@@ -131,7 +131,6 @@ class Services:
         app.state.draining = False
         async with AsyncExitStack() as running:  # stopped in reverse order
             running.callback(_count_redis_failures(self.metrics))
-            running.callback(self.metrics.tallies.flush)  # the last counts, for the scrapes
             running.push_async_callback(self.store.close)
             await self._open_store()
             self._warn_about_settings()
@@ -166,7 +165,7 @@ class Services:
 
     def _background_work(self) -> list[Coroutine[Any, Any, None]]:
         settings, store, vod = self.settings, self.store, self.vod
-        work: list[Coroutine[Any, Any, None]] = [self.metrics.flush_every()]
+        work: list[Coroutine[Any, Any, None]] = []
         if not settings.verify_outcomes:
             # Outcomes a verifying deployment held (and answered 200 for) must still go out.
             work.append(drain_held(store))

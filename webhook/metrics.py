@@ -3,9 +3,8 @@ written against: METRIC_NAMES), and the families each `serve` process counts in.
 
 Every label value is bounded whatever a client sends: event types outside VOD's list are
 "other", routes are the app's templates or "other", error codes and statuses are the app's own.
-Callbacks and responses are counted on the hot path, so the children of the labels they use
-are bound once and kept, and what they count is tallied as plain numbers, added to the children
-every second and before a scrape (`Tallies`).
+The counting happens on the callback's hot path, so the children of the labels it uses are
+bound once and kept (a dict lookup and an increment per callback).
 
 Under `serve --workers N` prometheus-client runs in multiprocess mode (the values in files of
 PROMETHEUS_MULTIPROC_DIR, which `serve` prepares: webhook/server.py) and /metrics sums the
@@ -14,9 +13,7 @@ workers' files (webhook/scrape.py); with one worker they stay in this process's 
 
 from __future__ import annotations
 
-import asyncio
 import os
-from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -73,8 +70,6 @@ REDIS_ERROR_KINDS = ("connection", "timeout", "out_of_memory", "busy", "other")
 SSE_DISCONNECT_REASONS = ("lagging", "shutdown", "redis_unavailable", "client_closed")
 # Callbacks take ~0.5 ms on an idle receiver and must be answered within VOD's 5 s.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-# How stale a worker's tallies may be in another worker's scrape.
-FLUSH_SECONDS = 1.0
 
 # The same series in both modes: multiprocess mode has no `_created` series.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -130,19 +125,12 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
-        self.tallies = Tallies()
         self.callback = CallbackMetrics(self, verify_outcomes=verify_outcomes)
-        self.responses = ResponseMetrics(self.http_responses, callback_path, self.tallies)
+        self.responses = ResponseMetrics(self.http_responses, callback_path)
         self._redis_errors = {kind: self.redis_errors.labels(kind) for kind in REDIS_ERROR_KINDS}
         self._disconnects = {
             reason: self.sse_disconnects.labels(reason) for reason in SSE_DISCONNECT_REASONS
         }
-
-    async def flush_every(self, seconds: float = FLUSH_SECONDS) -> None:
-        """Flush the tallies every `seconds` until cancelled, for the other workers' scrapes."""
-        while True:
-            await asyncio.sleep(seconds)
-            self.tallies.flush()
 
     def redis_failed(self, kind: str) -> None:
         """Count a Redis failure (store.unavailable's observer)."""
@@ -156,52 +144,6 @@ class Metrics:
         self._disconnects[reason].inc()
 
 
-class Tallies:
-    """What the hot path counted since the last flush, as plain numbers. Under load a
-    prometheus-client increment cost a callback ~3 µs (its locks and the ~20 objects it
-    touches, out of the caches by then), a tally a fraction of that. `flush` adds them to their
-    children: every second (`Metrics.flush_every`), before a scrape, and at shutdown."""
-
-    def __init__(self) -> None:
-        self.counts: dict[Counter, int] = {}
-        self.durations: list[Durations] = []
-
-    def flush(self) -> None:
-        counted = list(self.counts.items())
-        self.counts.clear()  # the same dict: the hot path holds it
-        for child, count in counted:
-            child.inc(count)
-        for durations in self.durations:
-            durations.flush()
-
-
-class Durations:
-    """Observations of one histogram child, bucketed as it buckets them, until flushed."""
-
-    __slots__ = ("child", "counts", "total")
-
-    def __init__(self, child: Histogram) -> None:
-        self.child = child
-        self.counts = [0] * (len(DURATION_BUCKETS) + 1)  # the last one: over every bound
-        self.total = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect_left(DURATION_BUCKETS, seconds)] += 1  # the first bound >= seconds
-        self.total += seconds
-
-    def flush(self) -> None:
-        if not any(self.counts):
-            return
-        counts, self.counts = self.counts, [0] * len(self.counts)
-        # Histogram.observe for many observations at once: each in its bucket alone (the
-        # exposition adds them up), and the sum. Its internals: see the pin in pyproject.toml.
-        for bucket, count in zip(self.child._buckets, counts, strict=True):
-            if count:
-                bucket.inc(count)
-        self.child._sum.inc(self.total)
-        self.total = 0.0
-
-
 class CallbackMetrics:
     """Callbacks by event type and outcome, and their durations. The series alerts watch are
     there from the start (at 0, so the first increase counts); the others appear when first
@@ -210,11 +152,9 @@ class CallbackMetrics:
     def __init__(self, metrics: Metrics, *, verify_outcomes: bool) -> None:
         self._callbacks = metrics.callbacks
         self._duration_family = metrics.callback_duration
-        self._tallies = metrics.tallies
-        self._counts = metrics.tallies.counts
-        self._durations: dict[str, Durations] = {}
-        # outcome -> (event type label -> child, the outcome's durations): one lookup a callback.
-        self._stored: dict[str, tuple[dict[str, Counter], Durations]] = {}
+        self._durations: dict[str, Histogram] = {}
+        # outcome -> (event type label -> child, the outcome's duration): one lookup a callback.
+        self._stored: dict[str, tuple[dict[str, Counter], Histogram]] = {}
         self._failed: dict[tuple[str, str, str], Counter] = {}
         answered = (
             ("accepted", "duplicate", "held") if verify_outcomes else ("accepted", "duplicate")
@@ -233,11 +173,10 @@ class CallbackMetrics:
     def stored(self, event_type: str, outcome: str, seconds: float) -> None:
         """A callback answered 200: accepted, held or duplicate."""
         label = event_type if event_type in KNOWN_EVENT_TYPES else OTHER
-        children, durations = self._stored[outcome]
+        children, duration = self._stored[outcome]
         child = children.get(label) or self._child(children, label, outcome)
-        counts = self._counts
-        counts[child] = counts.get(child, 0) + 1
-        durations.observe(seconds)
+        child.inc()
+        duration.observe(seconds)
 
     def failed(self, event_type: str | None, error: WebhookError, seconds: float) -> None:
         """A callback refused (4xx: rejected) or not stored (503: unavailable)."""
@@ -246,8 +185,7 @@ class CallbackMetrics:
         else:
             label = event_type if event_type in KNOWN_EVENT_TYPES else OTHER
         outcome = "unavailable" if error.status_code == 503 else "rejected"
-        child = self._failed_child(label, outcome, error.code)
-        self._counts[child] = self._counts.get(child, 0) + 1
+        self._failed_child(label, outcome, error.code).inc()
         self._duration(outcome).observe(seconds)
 
     def _child(self, children: dict[str, Counter], label: str, outcome: str) -> Counter:
@@ -261,21 +199,18 @@ class CallbackMetrics:
             child = self._failed[key] = self._callbacks.labels(label, outcome, code)
         return child
 
-    def _duration(self, outcome: str) -> Durations:
-        durations = self._durations.get(outcome)
-        if durations is None:
-            durations = Durations(self._duration_family.labels(outcome))
-            self._durations[outcome] = durations
-            self._tallies.durations.append(durations)
-        return durations
+    def _duration(self, outcome: str) -> Histogram:
+        child = self._durations.get(outcome)
+        if child is None:
+            child = self._durations[outcome] = self._duration_family.labels(outcome)
+        return child
 
 
 class ResponseMetrics:
     """Responses by route template and status; children bound the first time and kept."""
 
-    def __init__(self, family: Counter, callback_path: str, tallies: Tallies) -> None:
+    def __init__(self, family: Counter, callback_path: str) -> None:
         self._family = family
-        self._counts = tallies.counts
         self._children: dict[str, dict[int, Counter]] = {}
         for status in (500, 503):  # what "any 5xx" alerts watch, there from the start
             family.labels(callback_path, str(status))
@@ -289,4 +224,4 @@ class ResponseMetrics:
         child = by_status.get(status)
         if child is None:
             child = by_status[status] = self._family.labels(template, str(status))
-        self._counts[child] = self._counts.get(child, 0) + 1
+        child.inc()

@@ -39,7 +39,6 @@ class MetricsEndpoint:
     def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
         assert settings.metrics_token is not None
         self.token = BearerToken(settings.metrics_token, "VOD_WEBHOOK_METRICS_TOKEN")
-        self.tallies = metrics.tallies
         self.snapshot = CachedStatus(store, CACHE_SECONDS)
         directory = multiprocess_directory()
         # Every worker's files, or this process's own registry.
@@ -51,7 +50,6 @@ class MetricsEndpoint:
 
     async def metrics(self, request: Request) -> Response:
         self.token.check(request)
-        self.tallies.flush()  # this process's counts to the second; the other workers' flush
         status = await self.snapshot.get()
         body = generate_latest(self.counted) + generate_latest(RedisFamilies(status))
         return Response(body, media_type=CONTENT_TYPE)
