@@ -291,6 +291,7 @@ async def test_gauges_and_redis_held_counters_come_from_redis_at_scrape_time(
     assert scraped.value("vod_webhook_consumer_group_lag", **group) == 2
     assert scraped.value("vod_webhook_consumer_group_pending", **group) == 1
     assert scraped.value("vod_webhook_consumer_group_consumers", **group) == 1
+    assert scraped.value("vod_webhook_consumer_group_redriven", **group) == 1
     assert scraped.value("vod_webhook_deadletter_entries") == 2
     assert scraped.value("vod_webhook_pending_jobs") == 2
     assert scraped.value("vod_webhook_oldest_pending_job_age_seconds") == pytest.approx(

@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from tests.conftest import RedisServer, StoreFactory, free_port, stream_entries
 from tests.processes import env_for, run
 from tests.test_client import job_event, upload_event
+from webhook.deadletters import redrive_dead_letters
 from webhook.errors import StoreUnavailable
 from webhook.limiter import RateLimiter
 from webhook.settings import Settings
@@ -26,7 +27,7 @@ from webhook.stats import (
 )
 from webhook.status import (
     Status,
-    _with_members,
+    _with_details,
     needs_attention,
     read_status,
     status_document,
@@ -40,7 +41,7 @@ SETTINGS = Settings(_env_file=None)  # RECONCILE off, deadline 3600 s, interval 
 
 async def populate(store: Store, redis_client: Redis) -> None:
     """A deployment with a bit of everything: 3 envelopes, a group that read one of them, 2
-    dead letters, 2 pending jobs (one submitted 2 h ago), an outcome held for verification,
+    dead letters (and 1 redriven to the group), 2 pending jobs (one submitted 2 h ago), an outcome held for verification,
     2 reservations of a quota, submission counts and a reconciliation pass 10 s ago."""
     for n in range(3):
         await store.record(upload_event(f"v{n}"))
@@ -48,6 +49,11 @@ async def populate(store: Store, redis_client: Redis) -> None:
     await redis_client.xreadgroup("thumbnails", "worker-1", {"vod:stream": ">"}, count=1)
     for n in range(2):
         await redis_client.xadd("vod:deadletter", {"envelope": "{}", "error": f"boom {n}"})
+    # A third, of the group, redriven to it: waiting in its own stream, no longer a dead letter.
+    redriven = await redis_client.xadd(
+        "vod:deadletter", {"envelope": "{}", "error": "boom", "group": "thumbnails"}
+    )
+    assert await redrive_dead_letters(redis_client, [redriven]) == 1
     now = datetime.now(UTC)
     for job_id, submitted in (("old-job", now - 2 * HOUR), ("new-job", now)):
         await store.record_submission(job_id, "v", {"template_id": "t"}, submitted)
@@ -87,6 +93,7 @@ async def test_the_snapshot_holds_every_part_of_the_state(
     assert 0 <= status.oldest_entry_age_seconds < 60
     [group] = status.groups
     assert (group.name, group.consumers, group.pending, group.lag) == ("thumbnails", 1, 1, 2)
+    assert group.redriven == 1
     assert group.last_delivered_id == first[0]
     assert group.members is not None
     [consumer] = group.members
@@ -209,7 +216,8 @@ async def test_the_json_document_has_a_stable_shape(store: Store, redis_client: 
     assert document["redis_time"].endswith("Z")
     assert list(document["stream"]) == ["length", "oldest_id", "oldest_age_seconds"]
     [group] = document["groups"]
-    assert list(group) == ["name", "lag", "pending", "last_delivered_id", "consumers"]
+    assert list(group) == ["name", "lag", "pending", "last_delivered_id", "redriven", "consumers"]
+    assert group["redriven"] == 1
     assert list(group["consumers"][0]) == ["name", "pending", "idle_seconds"]
     assert list(document["pending_jobs"]) == ["count", "oldest_job_id", "oldest_age_seconds"]
     assert list(document["quotas"][0]) == [
@@ -236,7 +244,7 @@ async def test_the_lines_read_well_on_a_terminal(store: Store, redis_client: Red
     lines = status_lines(await read_status(store, consumers=True), SETTINGS)
     text = "\n".join(lines)
     assert lines[0].startswith("stream          3 entries, oldest ")
-    assert "group           thumbnails: lag 2, 1 pending, 1 consumers" in text
+    assert "group           thumbnails: lag 2, 1 pending, 1 redriven, 1 consumers" in text
     assert "  consumer      worker-1: 1 pending, idle " in text
     assert "dead letters    2" in text
     assert "pending jobs    2, oldest old-job (2 h 0 min)" in text
@@ -339,8 +347,8 @@ async def test_a_group_destroyed_between_the_two_reads_shows_no_consumers(
     await populate(store, redis_client)
     [group] = (await read_status(store)).groups
     await redis_client.xgroup_destroy("vod:stream", "thumbnails")
-    [gone] = await _with_members(store, [group])
-    assert (gone.name, gone.members) == ("thumbnails", ())
+    [gone] = await _with_details(store, [group], consumers=True)
+    assert (gone.name, gone.members, gone.redriven) == ("thumbnails", (), 1)
 
 
 async def test_a_key_of_another_type_where_the_stream_should_be_is_an_error(

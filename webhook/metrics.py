@@ -45,6 +45,7 @@ METRIC_NAMES: dict[str, str] = {
     "vod_webhook_consumer_group_lag": "gauge",
     "vod_webhook_consumer_group_pending": "gauge",
     "vod_webhook_consumer_group_consumers": "gauge",
+    "vod_webhook_consumer_group_redriven": "gauge",
     "vod_webhook_deadletter_entries": "gauge",
     "vod_webhook_pending_jobs": "gauge",
     "vod_webhook_oldest_pending_job_age_seconds": "gauge",

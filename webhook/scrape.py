@@ -193,10 +193,16 @@ def _stream(status: Status) -> Iterator[Metric]:
             "Consumers of the group.",
             labels=["group"],
         ),
+        "redriven": GaugeMetricFamily(
+            "vod_webhook_consumer_group_redriven",
+            "Dead letters redriven to the group and not acknowledged yet.",
+            labels=["group"],
+        ),
     }
     for group in status.groups:
         if group.lag is not None:
             families["lag"].add_metric([group.name], group.lag)
         families["pending"].add_metric([group.name], group.pending)
         families["consumers"].add_metric([group.name], group.consumers)
+        families["redriven"].add_metric([group.name], group.redriven)
     yield from families.values()

@@ -46,6 +46,9 @@ class Group:
     lag: int | None
     """Entries not delivered to it yet; None when Redis cannot tell (entries were deleted)."""
     last_delivered_id: str
+    redriven: int = 0
+    """Dead letters redriven to it (`vod-webhook deadletter redrive`) and not acknowledged yet:
+    its own stream beside the shared one, outside `lag` and `pending`."""
     members: tuple[Consumer, ...] | None = None
     """Its consumers, when read (by `status`, not by /metrics)."""
 
@@ -87,8 +90,9 @@ class Status:
 
 
 async def read_status(store: Store, *, consumers: bool = False) -> Status:
-    """The snapshot, in one round trip (two with `consumers`: each group's consumers, as
-    `status` shows them); StoreUnavailable when Redis does not answer within the call deadline."""
+    """The snapshot, in one round trip (two when there are consumer groups: what was redriven
+    to each and, with `consumers`, its consumers, as `status` shows them); StoreUnavailable
+    when Redis does not answer within the call deadline."""
     keys = store.keys
     with unavailable():
         async with asyncio.timeout(CALL_DEADLINE_SECONDS):
@@ -108,8 +112,8 @@ async def read_status(store: Store, *, consumers: bool = False) -> Status:
                 _answer(reply) for reply in replies
             )
             group_list = [_group(g) for g in groups or []]
-            if consumers and group_list:
-                group_list = await _with_members(store, group_list)
+            if group_list:
+                group_list = await _with_details(store, group_list, consumers=consumers)
     seconds, micros = now
     first = (stream or {}).get("first-entry")
     return Status(
@@ -147,19 +151,27 @@ def _group(info: dict[str, Any]) -> Group:
     )
 
 
-async def _with_members(store: Store, groups: list[Group]) -> list[Group]:
+async def _with_details(store: Store, groups: list[Group], *, consumers: bool) -> list[Group]:
+    """The groups with what was redriven to each and, if asked, their consumers."""
+    keys = store.keys
     async with store.redis.pipeline(transaction=False) as pipe:
         for group in groups:
-            pipe.xinfo_consumers(store.keys.stream, group.name)
-        replies = await pipe.execute(raise_on_error=False)
+            pipe.xlen(keys.redrive(group.name))
+            if consumers:
+                pipe.xinfo_consumers(keys.stream, group.name)
+        replies = iter(await pipe.execute(raise_on_error=False))
     result = []
-    for group, reply in zip(groups, replies, strict=True):
-        # A group destroyed between the two reads has no consumers left to show.
-        members = [] if isinstance(reply, ResponseError) else reply
-        consumers = tuple(
-            Consumer(str(c["name"]), int(c["pending"]), int(c["idle"]) / 1000) for c in members
-        )
-        result.append(replace(group, members=consumers))
+    for group in groups:
+        group = replace(group, redriven=_answer(next(replies)))
+        if consumers:
+            # A group destroyed between the two reads has no consumers left to show.
+            reply = next(replies)
+            members = [] if isinstance(reply, ResponseError) else reply
+            group = replace(group, members=tuple(
+                Consumer(str(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+                for c in members
+            ))  # fmt: skip
+        result.append(group)
     return result
 
 
@@ -212,6 +224,7 @@ def status_document(status: Status, settings: Settings) -> dict[str, Any]:
                 "lag": group.lag,
                 "pending": group.pending,
                 "last_delivered_id": group.last_delivered_id,
+                "redriven": group.redriven,
                 "consumers": [asdict(consumer) for consumer in group.members or ()],
             }
             for group in status.groups
@@ -250,8 +263,9 @@ def status_lines(status: Status, settings: Settings) -> list[str]:
     row("stream", f"{status.stream_length} entries{since}")
     for group in status.groups:
         lag = "unknown" if group.lag is None else group.lag
-        row("group", f"{group.name}: lag {lag}, {group.pending} pending, {group.consumers} "
-            "consumers")  # fmt: skip
+        redriven = f", {group.redriven} redriven" if group.redriven else ""
+        row("group", f"{group.name}: lag {lag}, {group.pending} pending{redriven}, "
+            f"{group.consumers} consumers")  # fmt: skip
         for consumer in group.members or ():
             idle = _duration(consumer.idle_seconds)
             row("  consumer", f"{consumer.name}: {consumer.pending} pending, idle {idle}")
