@@ -53,7 +53,7 @@ async def populate(store: Store, redis_client: Redis) -> None:
     redriven = await redis_client.xadd(
         "vod:deadletter", {"envelope": "{}", "error": "boom", "group": "thumbnails"}
     )
-    assert await redrive_dead_letters(redis_client, [redriven]) == 1
+    assert await redrive_dead_letters(redis_client, [str(redriven)]) == 1
     now = datetime.now(UTC)
     for job_id, submitted in (("old-job", now - 2 * HOUR), ("new-job", now)):
         await store.record_submission(job_id, "v", {"template_id": "t"}, submitted)
