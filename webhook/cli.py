@@ -9,7 +9,7 @@ import json
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -336,34 +336,34 @@ async def deadletter_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def deadletter_redrive(settings: Settings, args: argparse.Namespace) -> int:
-    if problem := _selection_problem(args):
-        return _fail(problem, EXIT_USAGE)
-    async with _store(settings) as store:
-        if args.all:
-            count = await redrive_all_dead_letters(
-                store.redis, group=args.group, prefix=settings.key_prefix
-            )
-        else:
-            count = await redrive_dead_letters(
-                store.redis, args.ids, group=args.group, prefix=settings.key_prefix
-            )
-    print(f"redrove {_counted(count, 'dead letter')}")
-    return 0
+    return await _on_dead_letters(
+        settings, args, "redrove", redrive_dead_letters, redrive_all_dead_letters
+    )
 
 
 async def deadletter_purge(settings: Settings, args: argparse.Namespace) -> int:
+    return await _on_dead_letters(
+        settings, args, "purged", purge_dead_letters, purge_all_dead_letters
+    )
+
+
+async def _on_dead_letters(
+    settings: Settings,
+    args: argparse.Namespace,
+    done: str,
+    by_id: Callable[..., Awaitable[int]],
+    every: Callable[..., Awaitable[int]],
+) -> int:
+    """`deadletter redrive` and `purge`: on the ids given, or on --all."""
     if problem := _selection_problem(args):
         return _fail(problem, EXIT_USAGE)
     async with _store(settings) as store:
+        scope = {"group": args.group, "prefix": settings.key_prefix}
         if args.all:
-            count = await purge_all_dead_letters(
-                store.redis, group=args.group, prefix=settings.key_prefix
-            )
+            count = await every(store.redis, **scope)
         else:
-            count = await purge_dead_letters(
-                store.redis, args.ids, group=args.group, prefix=settings.key_prefix
-            )
-    print(f"purged {_counted(count, 'dead letter')}")
+            count = await by_id(store.redis, args.ids, **scope)
+    print(f"{done} {_counted(count, 'dead letter')}")
     return 0
 
 
