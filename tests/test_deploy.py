@@ -458,6 +458,7 @@ METRICS = {
     "vod_webhook_consumer_group_lag",
     "vod_webhook_consumer_group_pending",
     "vod_webhook_consumer_group_consumers",
+    "vod_webhook_consumer_group_redriven",
     "vod_webhook_deadletter_entries",
     "vod_webhook_pending_jobs",
     "vod_webhook_oldest_pending_job_age_seconds",
