@@ -167,10 +167,9 @@ async def _with_details(store: Store, groups: list[Group], *, consumers: bool) -
             # A group destroyed between the two reads has no consumers left to show.
             reply = next(replies)
             members = [] if isinstance(reply, ResponseError) else reply
-            group = replace(group, members=tuple(
-                Consumer(str(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
-                for c in members
-            ))  # fmt: skip
+            read = (Consumer(str(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
+                    for c in members)  # fmt: skip
+            group = replace(group, members=tuple(read))
         result.append(group)
     return result
 
