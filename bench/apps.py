@@ -64,7 +64,14 @@ def evalsha(redis_url: str) -> Starlette:
     async def accept(request: Request) -> Response:
         job_id = json.loads(await request.body())["JobId"]
         created, entry_id = await pipeline.execute(  # a new job each time
-            "EVALSHA", sha, len(keys), store.keys.job(job_id), *keys[1:], args[0], job_id, *args[2:]
+            "EVALSHA",
+            sha,
+            len(keys),
+            store.shared.job(job_id),
+            *keys[1:],
+            args[0],
+            job_id,
+            *args[2:],
         )
         status = "accepted" if created else "duplicate"
         return JSONResponse({"status": status, "id": entry_id})

@@ -24,6 +24,7 @@ from redis.asyncio.client import PubSub
 from starlette.types import ASGIApp
 
 from webhook.app import create_app
+from webhook.connection import RedisClient
 from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.sender import signed_headers
 from webhook.settings import Settings
@@ -301,7 +302,7 @@ async def published(pubsub: PubSub, count: int, within: float = 3) -> list[dict[
     return messages
 
 
-async def stream_entries(redis: Redis, key: str) -> list[tuple[str, dict[str, str]]]:
+async def stream_entries(redis: RedisClient, key: str) -> list[tuple[str, dict[str, str]]]:
     entries = await redis.xrange(key) or []
     return [
         (str(entry_id), {str(k): str(v) for k, v in (fields or {}).items()})

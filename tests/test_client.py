@@ -10,6 +10,7 @@ import subprocess
 import sys
 import textwrap
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -68,7 +69,7 @@ async def test_subscribe_filters_by_type_and_job(store: Store, redis_client: Red
     received: dict[str, list[Envelope]] = {"all": [], "type": [], "job": []}
     ready = asyncio.Semaphore(0)
 
-    async def follow(name: str, **filters: str) -> None:
+    async def follow(name: str, **filters: Any) -> None:
         async for envelope in subscribe(redis_client, on_subscribed=ready.release, **filters):
             received[name].append(envelope)
 

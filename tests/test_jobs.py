@@ -14,7 +14,7 @@ async def test_pending_jobs_come_oldest_first_with_their_video_and_age(store: St
     for job_id, video_id, minutes_ago in (("new", "v2", 1), ("old", "v1", 10), ("gone", "v3", 5)):
         at = NOW - timedelta(minutes=minutes_ago)
         await store.record_submission(job_id, video_id, {"template_id": "t"}, at)
-    await store.redis.delete(store.keys.job("gone"))  # its record expired; it is still pending
+    await store.redis.delete(store.shared.job("gone"))  # its record expired; it is still pending
     assert await pending_with_ages(store, now=NOW + timedelta(milliseconds=260)) == [
         PendingJob("old", "v1", 600.3),
         PendingJob("gone", None, 300.3),

@@ -23,7 +23,7 @@ class FailingLookups(Vod):
     """A VOD whose ListDynamicImage raises what `failures` hands out, then lists nothing."""
 
     def __init__(self, store: Store, failures: list[Exception]) -> None:
-        super().__init__(None, RateLimiter(store.redis, store.keys, "test", 100))
+        super().__init__(None, RateLimiter(store.redis, store.shared, "test", 100))
         self.failures = failures
         self.lookups = 0
 

@@ -58,14 +58,14 @@ async def populate(store: Store, redis_client: Redis) -> None:
     for job_id, submitted in (("old-job", now - 2 * HOUR), ("new-job", now)):
         await store.record_submission(job_id, "v", {"template_id": "t"}, submitted)
     await store.hold(job_event("held-job"))
-    limiter = RateLimiter(redis_client, store.keys, "account-1", 10)
+    limiter = RateLimiter(redis_client, store.shared, "account-1", 10)
     for _ in range(2):
         await limiter.acquire()
-    await count_submission(redis_client, store.keys, "throttled", "Throttling.User")
-    await count_submission(redis_client, store.keys, "refused", "InvalidVideo.NotFound")
+    await count_submission(redis_client, store.shared, "throttled", "Throttling.User")
+    await count_submission(redis_client, store.shared, "refused", "InvalidVideo.NotFound")
     at_ms = int(time.time() * 1000) - 10_000
     await count_reconcile_pass(
-        redis_client, store.keys, recovered=1, timed_out=2, at_ms=at_ms, interval_seconds=30
+        redis_client, store.shared, recovered=1, timed_out=2, at_ms=at_ms, interval_seconds=30
     )
 
 

@@ -135,7 +135,7 @@ async def test_other_events_dedup_on_their_identity(
     assert again.id == first.id
     assert not other.duplicate
     assert await redis_client.xlen("t:stream") == 2
-    marker = store.keys.seen(envelope("ai_media_audit.json").fingerprint())
+    marker = store.shared.seen(envelope("ai_media_audit.json").fingerprint())
     assert await redis_client.get(marker) == first.id
     assert 0 < await redis_client.ttl(marker) <= 3600
 

@@ -23,7 +23,7 @@ def job_outcome(job_id: str, file_url: str) -> Envelope:
 
 async def test_a_dedup_marker_takes_at_most_150_bytes(redis_client: Redis, store: Store) -> None:
     await store.record(envelope("ai_media_audit.json"))
-    marker = store.keys.seen(envelope("ai_media_audit.json").fingerprint())
+    marker = store.shared.seen(envelope("ai_media_audit.json").fingerprint())
     used = await redis_client.memory_usage(marker, samples=0)
     assert used is not None
     assert used <= 150

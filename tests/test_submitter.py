@@ -105,7 +105,7 @@ async def start_world(
         stores.append(store)
         client, access_key_id = Vod.sdk_client(settings)
         assert access_key_id == ACCESS_KEY_ID
-        limiter = RateLimiter(store.redis, store.keys, access_key_id, submit_qps)
+        limiter = RateLimiter(store.redis, store.shared, access_key_id, submit_qps)
         return World(receiver, emulator_url, settings, store, Vod(client, limiter, FAST_RETRY))
 
     yield start
@@ -368,7 +368,7 @@ async def submitter_losing_redis(
             return answer
 
     vod = RedisDiesMeanwhile(
-        world.vod._client, RateLimiter(store.redis, store.keys, "q", 30), FAST_RETRY
+        world.vod._client, RateLimiter(store.redis, store.shared, "q", 30), FAST_RETRY
     )
     yield world, Submitter(vod, store)
     await store.close()

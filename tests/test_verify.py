@@ -93,7 +93,7 @@ def make_vod(
             )
             endpoint = await serve_app(lambda _: create_emulator_app(options))
         client, key_id = Vod.sdk_client(make_settings(vod_endpoint=endpoint))
-        return Vod(client, RateLimiter(store.redis, store.keys, key_id, 100), ONE_TRY)
+        return Vod(client, RateLimiter(store.redis, store.shared, key_id, 100), ONE_TRY)
 
     return make
 
@@ -115,7 +115,7 @@ async def listed_url(vod: Vod, video_id: str, job_id: str) -> str:
 
 
 async def job_envelopes(store: Store, job_id: str) -> list[dict[str, Any]]:
-    entries = await stream_entries(store.redis, store.keys.stream)
+    entries = await stream_entries(store.redis, store.shared.stream)
     found = [json.loads(fields["envelope"]) for _, fields in entries]
     return [e for e in found if e["job_id"] == job_id]
 
@@ -123,7 +123,7 @@ async def job_envelopes(store: Store, job_id: str) -> list[dict[str, Any]]:
 async def run_until_settled(verifier: Verifier, store: Store) -> None:
     """Run passes until no held outcome is left to check."""
     async with asyncio.timeout(10):
-        while await store.redis.zcard(store.keys.verify_queue):
+        while await store.redis.zcard(store.shared.verify_queue):
             await verifier.run_once()
             await asyncio.sleep(0.02)
 
@@ -384,7 +384,7 @@ async def test_held_outcomes_are_published_unverified_once_verification_is_turne
         await start_receiver()  # no VOD credentials needed: nothing is looked up
 
         async def drained() -> bool:
-            return await store.redis.zcard(store.keys.verify_queue) == 0
+            return await store.redis.zcard(store.shared.verify_queue) == 0
 
         await eventually(drained, 10, "the held outcomes published")
     published = [await job_envelopes(store, job_id) for job_id in ("j1", "j2")]
@@ -470,8 +470,8 @@ async def test_the_verifier_rides_out_redis_down_and_an_unreadable_held_entry(
 
             await eventually(skipped, what="a pass to find Redis down")
             own_redis.start()  # empty: it kept nothing
-            await store.redis.zadd(store.keys.verify_queue, {"garbage": 0})
-            await store.redis.hset(store.keys.held("garbage"), "envelope", "not an envelope")
+            await store.redis.zadd(store.shared.verify_queue, {"garbage": 0})
+            await store.redis.hset(store.shared.held("garbage"), "envelope", "not an envelope")
             await store.hold(outcome(job_id, "v1", file_url=file_url))
 
             async def published() -> bool:
@@ -483,4 +483,4 @@ async def test_the_verifier_rides_out_redis_down_and_an_unreadable_held_entry(
             await asyncio.gather(loop, return_exceptions=True)
     [envelope] = await job_envelopes(store, job_id)
     assert envelope["verified"] is True
-    assert await store.redis.zcard(store.keys.verify_queue) == 0  # the garbage is let go
+    assert await store.redis.zcard(store.shared.verify_queue) == 0  # the garbage is let go

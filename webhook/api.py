@@ -66,7 +66,7 @@ class ReadApi:
             store = self.store
             try:
                 async for entry in history(
-                    store.redis, store.keys.stream, query.after, REPLAY_PAGE
+                    store.redis, store.shared.stream, query.after, REPLAY_PAGE
                 ):
                     last = entry.order
                     if query.wants(entry):

@@ -32,10 +32,17 @@ from webhook.deadletters import (
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
 from webhook.jobs import job_view, pending_with_ages
-from webhook.keys import Keys
 from webhook.logs import configure_logging
+from webhook.pubsub import channels_for
 from webhook.reconcile import ReconcileOptions, reconcile_once, run_reconciler
-from webhook.settings import ConfigError, Settings, load_settings, redis_url_of, safe_url
+from webhook.settings import (
+    ConfigError,
+    Settings,
+    layout_of,
+    load_settings,
+    redis_url_of,
+    safe_url,
+)
 from webhook.signature import auth_key_refusal, callback_url_problem
 from webhook.status import needs_attention, read_status, status_document, status_lines
 from webhook.store import Store
@@ -116,8 +123,8 @@ def serve(args: argparse.Namespace) -> int:
 async def listen(settings: Settings, args: argparse.Namespace) -> int:
     if args.group and args.channel:
         return _fail("--channel is for live listening; a --group reads the stream", EXIT_USAGE)
-    channel = args.channel or Keys(settings.key_prefix).events_channel
-    where = f"group {args.group} as {args.consumer}" if args.group else channel
+    channels = [args.channel] if args.channel else channels_for(layout_of(settings))
+    where = f"group {args.group} as {args.consumer}" if args.group else ", ".join(channels)
 
     def announce() -> None:
         url = safe_url(redis_url_of(settings))
@@ -140,11 +147,18 @@ async def listen(settings: Settings, args: argparse.Namespace) -> int:
                     args.consumer,
                     show,
                     prefix=settings.key_prefix,
+                    partitions=settings.partitions,
                     options=options,
                     stop=stop,
                 )
             else:
-                async for envelope in subscribe(store.redis, channel, on_subscribed=announce):
+                async for envelope in subscribe(
+                    store.redis,
+                    args.channel,
+                    prefix=settings.key_prefix,
+                    partitions=settings.partitions,
+                    on_subscribed=announce,
+                ):
                     await show(envelope)
         except (RedisError, OSError) as exc:
             return _fail(_redis_unavailable(settings, exc))
@@ -163,6 +177,7 @@ async def replay(settings: Settings, args: argparse.Namespace) -> int:
             event_type=args.event_type,
             job_id=args.job,
             prefix=settings.key_prefix,
+            partitions=settings.partitions,
         ):
             print(envelope.model_dump_json())
     return 0
@@ -222,7 +237,13 @@ async def submit(settings: Settings, args: argparse.Namespace) -> int:
 async def _wait_for_outcome(settings: Settings, store: Store, job_id: str, within: float) -> int:
     print(f"submitted job {job_id}; waiting for its outcome", file=sys.stderr)
     try:
-        envelope = await wait_for(store.redis, job_id, timeout=within, prefix=settings.key_prefix)
+        envelope = await wait_for(
+            store.redis,
+            job_id,
+            timeout=within,
+            prefix=settings.key_prefix,
+            partitions=settings.partitions,
+        )
     except TimeoutError:
         return _fail(
             f"no outcome for job {job_id} within {within:g} s; "

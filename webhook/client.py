@@ -24,13 +24,14 @@ from typing import Any, Literal, Protocol, cast
 
 import structlog
 from pydantic import ValidationError
-from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline, PubSub
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # The dead-letter operations, offered here too: a subscriber needs only this module.
+from webhook.connection import RedisClient, layout_of
 from webhook.deadletters import DeadLetter as DeadLetter
 from webhook.deadletters import UnknownDeadLetters as UnknownDeadLetters
 from webhook.deadletters import dead_letter as dead_letter
@@ -41,37 +42,15 @@ from webhook.deadletters import redrive_all_dead_letters as redrive_all_dead_let
 from webhook.deadletters import redrive_dead_letters as redrive_dead_letters
 from webhook.events import Envelope
 from webhook.keys import DEFAULT_PREFIX, Keys
-from webhook.streams import StreamEntries, read_entries, stream_entries
+from webhook.pubsub import channels_for, published
+from webhook.streams import StreamEntries, merged, read_entries, stream_entries
 
 logger = structlog.get_logger("webhook.client")
 
 TERMINAL_STATUSES = frozenset({"success", "fail", "timed_out"})
-STREAM_ID = re.compile(r"\d+(-\d+)?")
+# What `--since` and `?since=` take besides a time (see Layout.positions).
+POSITION = re.compile(r"\d+(-\d+)?(@\d+)?(,\d+(-\d+)?@\d+)*")
 Handler = Callable[[Envelope], Awaitable[None]]
-
-
-# How long one pub/sub read waits before looking again; it ends nothing.
-PUBSUB_POLL_SECONDS = 1.0
-
-
-async def _messages(pubsub: PubSub) -> AsyncIterator[dict[str, Any]]:
-    """What `pubsub.listen()` yields, read with a timeout of its own: redis-py before 8.0.1
-    applies the socket timeout to listen's blocking read, so a channel quiet for 2 s ended
-    `listen` and `submit --wait` with TimeoutError. A read that times out on its own timeout
-    returns None instead, on every version."""
-    while pubsub.subscribed:
-        message = await pubsub.get_message(timeout=PUBSUB_POLL_SECONDS)
-        if message is not None:
-            yield message
-
-
-def channel_for(keys: Keys, *, event_type: str | None = None, job_id: str | None = None) -> str:
-    """The narrowest channel carrying what the filters ask for."""
-    if job_id is not None:
-        return keys.job_channel(job_id)
-    if event_type is not None:
-        return keys.type_channel(event_type)
-    return keys.events_channel
 
 
 class Routed(Protocol):
@@ -91,78 +70,84 @@ def matches(envelope: Routed, *, event_type: str | None, job_id: str | None) -> 
 
 
 async def subscribe(
-    redis: Redis,
+    redis: RedisClient,
     channel: str | None = None,
     *,
     event_type: str | None = None,
     job_id: str | None = None,
     prefix: str = DEFAULT_PREFIX,
+    partitions: int | None = None,
     on_subscribed: Callable[[], Awaitable[None] | None] | None = None,
 ) -> AsyncIterator[Envelope]:
     """Yield every envelope published from now on, optionally of one type and/or job.
 
     `on_subscribed` runs once Redis has confirmed the subscription, so nothing published after
-    it is missed. Pub/sub is live only: use `consume` to also get what was missed.
+    it is missed. Pub/sub is live only: use `consume` to also get what was missed. On Redis
+    Cluster `partitions` is the deployment's VOD_WEBHOOK_PARTITIONS (None: as its processes
+    recorded it there).
     """
-    channel = channel or channel_for(Keys(prefix), event_type=event_type, job_id=job_id)
-    async with redis.pubsub() as pubsub:
-        await pubsub.subscribe(channel)
-        async for message in _messages(pubsub):
-            if message["type"] == "subscribe":
-                if on_subscribed is not None:
-                    result = on_subscribed()
-                    if result is not None:
-                        await result
-            elif message["type"] == "message":
-                envelope = Envelope.model_validate_json(message["data"])
-                if matches(envelope, event_type=event_type, job_id=job_id):
-                    yield envelope
+    if channel is not None:
+        channels = [channel]
+    else:
+        layout = await layout_of(redis, prefix, partitions)
+        channels = channels_for(layout, event_type=event_type, job_id=job_id)
+    async for data in published(redis, channels):
+        if data is None:
+            if on_subscribed is not None:
+                result = on_subscribed()
+                if result is not None:
+                    await result
+            continue
+        envelope = Envelope.model_validate_json(data)
+        if matches(envelope, event_type=event_type, job_id=job_id):
+            yield envelope
 
 
 async def wait_for(
-    redis: Redis,
+    redis: RedisClient,
     job_id: str,
     *,
     timeout: float,  # noqa: ASYNC109 - callers think in deadlines; the API takes one
     prefix: str = DEFAULT_PREFIX,
+    partitions: int | None = None,
 ) -> Envelope:
     """The job's outcome envelope, whether it came before or after this call.
 
     Subscribes first and only then reads the job record, so an outcome published in between is
     not missed. Raises TimeoutError after `timeout` seconds.
     """
-    keys = Keys(prefix)
-    async with asyncio.timeout(timeout), redis.pubsub() as pubsub:
-        await pubsub.subscribe(keys.job_channel(job_id))
-        async for message in _messages(pubsub):
-            if message["type"] == "subscribe":
+    async with asyncio.timeout(timeout):
+        keys = (await layout_of(redis, prefix, partitions)).of_job(job_id)
+        async for data in published(redis, [keys.job_channel(job_id)]):
+            if data is None:
                 # Kept beside the job hash (in it, by earlier versions).
                 stored = await redis.get(keys.job_envelope(job_id)) or await redis.hget(
                     keys.job(job_id), "envelope"
                 )
                 if stored:
                     return Envelope.model_validate_json(stored)
-            elif message["type"] == "message":
-                envelope = Envelope.model_validate_json(message["data"])
+            else:
+                envelope = Envelope.model_validate_json(data)
                 if envelope.status in TERMINAL_STATUSES:
                     return envelope
     raise ConnectionError(f"the subscription to {keys.job_channel(job_id)} ended")
 
 
 def stream_position(since: str | datetime) -> str:
-    """A stream id to read after: an id as it is (`0` for all history), or a moment in time."""
+    """Where to read after: a position as it is (see Layout.positions; `0` for all history),
+    or a moment in time."""
     if isinstance(since, datetime):
         return f"{int(since.timestamp() * 1000)}-0"
-    if not STREAM_ID.fullmatch(since):
+    if not POSITION.fullmatch(since):
         raise ValueError(f"not a stream id (such as 1732476000000-0) or 0: {since!r}")
     return since
 
 
 def parse_since(text: str) -> str | datetime:
-    """Where `replay` starts, as a person writes it: a stream id as it is, or an ISO 8601 time
-    with its time zone. The ValueError's message is worded to follow the option's name
-    (`--since 'x' is neither ...`)."""
-    if STREAM_ID.fullmatch(text):
+    """Where `replay` starts, as a person writes it: a stream or envelope id as it is, or an ISO
+    8601 time with its time zone. The ValueError's message is worded to follow the option's
+    name (`--since 'x' is neither ...`)."""
+    if POSITION.fullmatch(text):
         return text
     try:
         moment = datetime.fromisoformat(text)
@@ -175,18 +160,26 @@ def parse_since(text: str) -> str | datetime:
 
 
 async def replay(
-    redis: Redis,
+    redis: RedisClient,
     since: str | datetime = "0",
     *,
     event_type: str | None = None,
     job_id: str | None = None,
     prefix: str = DEFAULT_PREFIX,
+    partitions: int | None = None,
     page: int = 500,
 ) -> AsyncIterator[Envelope]:
     """The envelopes still in the stream after `since`, oldest first, optionally filtered.
+    With several partitions, each partition's entries come in their order, merged by time.
     An entry that holds no envelope (not written by vod-webhook) is skipped and logged."""
-    stream = Keys(prefix).stream
-    async for entry_id, body in stream_entries(redis, stream, stream_position(since), page):
+    layout = await layout_of(redis, prefix, partitions)
+    starts = zip(layout.keys, layout.positions(stream_position(since)), strict=True)
+    reads = [
+        stream_entries(redis, keys.stream, after, page)
+        for keys, after in starts
+        if job_id is None or keys is layout.of_job(job_id)  # a job's envelopes are in its own
+    ]
+    async for entry_id, body in merged(reads):
         try:
             envelope = Envelope.model_validate_json(body) if body is not None else None
         except ValidationError:
@@ -214,16 +207,21 @@ class ConsumerOptions:
 
 
 async def consume(
-    redis: Redis,
+    redis: RedisClient,
     group: str,
     consumer: str,
     handler: Handler,
     *,
     prefix: str = DEFAULT_PREFIX,
+    partitions: int | None = None,
     options: ConsumerOptions | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
     """Hand every envelope of the stream to `handler`, once per group, until `stop` is set.
+
+    With several partitions (Redis Cluster), each partition's stream is read by a loop of its
+    own under the same group and consumer names, in its order; `handler` is still called once
+    at a time. `partitions` as for `subscribe`.
 
     Stop it with `stop` rather than by cancelling: redis-py can lose a cancellation that lands
     in a blocking read and then wait for a reply that never comes. It returns within
@@ -242,11 +240,44 @@ async def consume(
     XGROUP DESTROY) is created again where this consumer had read up to.
     """
     options = options or ConsumerOptions()
-    loop = _ConsumerLoop(
-        redis, Keys(prefix), group, consumer, handler, options, stop or asyncio.Event()
-    )
-    await loop.join(_START_IDS[options.start])
-    await loop.run()
+    layout = await layout_of(redis, prefix, partitions)
+    if layout.partitions > 1:
+        handler = _one_at_a_time(handler)
+    halt = asyncio.Event()  # set by `stop`, or when any partition's loop ends
+    loops = [_ConsumerLoop(redis, keys, group, consumer, handler, options, halt)
+             for keys in layout.keys]  # fmt: skip
+    for loop in loops:
+        await loop.join(_START_IDS[options.start])
+
+    async def run(loop: _ConsumerLoop) -> None:
+        try:
+            await loop.run()
+        finally:
+            halt.set()
+
+    async def relay_stop(stop: asyncio.Event) -> None:
+        await stop.wait()
+        halt.set()
+
+    relay = asyncio.create_task(relay_stop(stop or asyncio.Event()))
+    try:
+        ended = await asyncio.gather(*(run(loop) for loop in loops), return_exceptions=True)
+    finally:
+        relay.cancel()
+    for outcome in ended:
+        if isinstance(outcome, BaseException):
+            raise outcome
+
+
+def _one_at_a_time(handler: Handler) -> Handler:
+    """`handler`, called once at a time whichever partition's loop calls it."""
+    lock = asyncio.Lock()
+
+    async def handle(envelope: Envelope) -> None:
+        async with lock:
+            await handler(envelope)
+
+    return handle
 
 
 _START_IDS = {"now": "$", "beginning": "0"}
@@ -263,7 +294,7 @@ def _group_lost(error: ResponseError) -> bool:
 class _ConsumerLoop:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         group: str,
         consumer: str,
@@ -415,7 +446,7 @@ class _ConsumerLoop:
             self.let_go(pipe, stream, entry_id)
             await pipe.execute()
 
-    def let_go(self, pipe: Pipeline, stream: str, entry_id: str) -> None:
+    def let_go(self, pipe: Pipeline | ClusterPipeline, stream: str, entry_id: str) -> None:
         """Queue the acknowledgement of an entry; a redriven one, which no other group reads,
         is deleted too (with it, as `pipe` is a transaction)."""
         pipe.xack(stream, self.group, entry_id)

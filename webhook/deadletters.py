@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from importlib import resources
 from typing import Any, cast
 
-from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from webhook.connection import RedisClient
 from webhook.events import utc_text
 from webhook.keys import DEFAULT_PREFIX, Keys
 from webhook.streams import StreamEntries, stream_fields
@@ -153,7 +153,7 @@ class DeadLetter:
 
 
 async def dead_letters(
-    redis: Redis, *, group: str | None = None, prefix: str = DEFAULT_PREFIX
+    redis: RedisClient, *, group: str | None = None, prefix: str = DEFAULT_PREFIX
 ) -> AsyncIterator[DeadLetter]:
     """The dead letters, oldest first (only `group`'s, if given)."""
     async for letter_id, fields in stream_fields(redis, Keys(prefix).dead_letter):
@@ -162,14 +162,16 @@ async def dead_letters(
             yield letter
 
 
-async def dead_letter(redis: Redis, letter_id: str, *, prefix: str = DEFAULT_PREFIX) -> DeadLetter:
+async def dead_letter(
+    redis: RedisClient, letter_id: str, *, prefix: str = DEFAULT_PREFIX
+) -> DeadLetter:
     """One dead letter; UnknownDeadLetters if there is none of this id."""
     [letter] = await _dead_letters_of(redis, Keys(prefix), [letter_id], None)
     return letter
 
 
 async def redrive_dead_letters(
-    redis: Redis,
+    redis: RedisClient,
     ids: Iterable[str],
     *,
     group: str | None = None,
@@ -190,7 +192,7 @@ async def redrive_dead_letters(
 
 
 async def redrive_all_dead_letters(
-    redis: Redis, *, group: str | None = None, prefix: str = DEFAULT_PREFIX, page: int = 100
+    redis: RedisClient, *, group: str | None = None, prefix: str = DEFAULT_PREFIX, page: int = 100
 ) -> int:
     """Redrive (as `redrive_dead_letters`) every dead letter there is now (of `group`, if
     given), not those arriving meanwhile; any another redrive or purge takes first is left to
@@ -205,7 +207,7 @@ async def redrive_all_dead_letters(
 
 
 async def purge_dead_letters(
-    redis: Redis,
+    redis: RedisClient,
     ids: Iterable[str],
     *,
     group: str | None = None,
@@ -226,7 +228,7 @@ async def purge_dead_letters(
 
 
 async def purge_all_dead_letters(
-    redis: Redis, *, group: str | None = None, prefix: str = DEFAULT_PREFIX, page: int = 500
+    redis: RedisClient, *, group: str | None = None, prefix: str = DEFAULT_PREFIX, page: int = 500
 ) -> int:
     """Delete every dead letter there is now (of `group`, if given), not those arriving
     meanwhile. Returns how many this call deleted."""
@@ -238,7 +240,7 @@ async def purge_all_dead_letters(
 
 
 async def _dead_letters_of(
-    redis: Redis, keys: Keys, ids: Iterable[str], group: str | None, action: str | None = None
+    redis: RedisClient, keys: Keys, ids: Iterable[str], group: str | None, action: str | None = None
 ) -> list[DeadLetter]:
     """The dead letters of these ids, each once; UnknownDeadLetters if any is not one (of
     `group`, if given)."""
@@ -259,7 +261,7 @@ async def _dead_letters_of(
 
 
 async def _present_dead_letters(
-    redis: Redis, keys: Keys, group: str | None, page: int
+    redis: RedisClient, keys: Keys, group: str | None, page: int
 ) -> AsyncIterator[list[DeadLetter]]:
     """The dead letters (of `group`, if given) in the stream now, a page at a time: not those
     that arrive while they are read."""
@@ -278,7 +280,7 @@ async def _present_dead_letters(
         yield letters
 
 
-async def _redrive(redis: Redis, keys: Keys, letters: list[DeadLetter]) -> list[str]:
+async def _redrive(redis: RedisClient, keys: Keys, letters: list[DeadLetter]) -> list[str]:
     """Move `letters` to their groups' redrive streams, all in one step, unless some are gone
     from the dead-letter stream: then those, and nothing was moved."""
     now = datetime.now(UTC)
@@ -297,5 +299,5 @@ def _script_source(name: str) -> str:
     return (resources.files("webhook") / "scripts" / f"{name}.lua").read_text()
 
 
-def _script(redis: Redis, name: str) -> AsyncScript:
+def _script(redis: RedisClient, name: str) -> AsyncScript:
     return redis.register_script(_script_source(name))

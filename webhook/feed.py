@@ -13,10 +13,10 @@ from typing import cast
 
 import structlog
 from pydantic import BaseModel, ValidationError
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
+from webhook.connection import RedisClient
 from webhook.metrics import Metrics
 from webhook.streams import StreamEntries, read_entries, stream_entries
 
@@ -93,7 +93,7 @@ def unreadable(entry_id: str, detail: str) -> None:
     logger.warning("feed_entry_skipped", id=entry_id, detail=detail)
 
 
-async def history(redis: Redis, stream: str, after: str, page: int) -> AsyncIterator[Entry]:
+async def history(redis: RedisClient, stream: str, after: str, page: int) -> AsyncIterator[Entry]:
     """The entries after `after`, oldest first, read `page` at a time (what a replaying
     connection holds at once); those without an envelope are skipped."""
     async for entry_id, body in stream_entries(redis, stream, after, page):
@@ -176,7 +176,13 @@ class Subscription:
 
 class StreamFeed:
     def __init__(
-        self, redis: Redis, stream: str, *, queue_size: int, queue_bytes: int, metrics: Metrics
+        self,
+        redis: RedisClient,
+        stream: str,
+        *,
+        queue_size: int,
+        queue_bytes: int,
+        metrics: Metrics,
     ) -> None:
         self._redis = redis
         self._metrics = metrics

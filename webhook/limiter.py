@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from redis.asyncio import Redis
-
+from webhook.connection import RedisClient
 from webhook.keys import Keys
 from webhook.store import script_source, unavailable
 
@@ -18,7 +17,7 @@ class RateLimiter:
     """The quota `name` under `keys` (see Keys.quota); each reservation is also counted in the
     limiter's stats hash, in the same script call."""
 
-    def __init__(self, redis: Redis, keys: Keys, name: str, qps: float) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, name: str, qps: float) -> None:
         self.redis = redis
         self.keys = keys
         self.name = name

@@ -114,7 +114,7 @@ async def reconcile_once(
     with unavailable():
         await count_reconcile_pass(
             store.redis,
-            store.keys,
+            store.shared,
             recovered=report.recovered,
             timed_out=report.timed_out,
             at_ms=now_ms,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from webhook.keys import DEFAULT_PREFIX
+from webhook.connection import check_url, is_cluster_url
+from webhook.keys import DEFAULT_PREFIX, Layout
 from webhook.signature import auth_key_weakness, callback_url_problem
 
 ENV_PREFIX = "VOD_WEBHOOK_"
@@ -24,8 +25,19 @@ class Settings(BaseSettings):
 
     redis_url: str | None = Field(
         None,
-        description="Redis to store and publish events in (`redis://`, `rediss://` or `unix://`). "
-        "Unset: an embedded in-memory store inside `serve` (development only).",
+        description="Redis to store and publish events in: one server (`redis://`, `rediss://`, "
+        "`unix://`), Redis Cluster (`redis+cluster://host:port[,host:port...]`) or the master "
+        "Sentinel names (`redis+sentinel://host:port[,host:port...]/<master>[/<db>]`, see "
+        '"Scaling"). Unset: an embedded in-memory store inside `serve` (development only).',
+    )
+    partitions: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="On Redis Cluster, how many partitions (each in one hash slot) the stream, "
+        "pending jobs and job records are split into by JobId, so that many masters share the "
+        "writes. Every process of a deployment uses the same number; changing it is a "
+        'migration (see "Scaling"). 1 on one server or Sentinel.',
     )
     embedded_port: int = Field(
         6399,
@@ -265,9 +277,18 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, url: str | None) -> str | None:
         if url is None or url == "":
             return None
-        if not url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        check_url(url)
         return url
+
+    @field_validator("partitions")
+    @classmethod
+    def _partitions_need_a_cluster(cls, partitions: int, info: ValidationInfo) -> int:
+        if partitions > 1 and not is_cluster_url(info.data.get("redis_url") or ""):
+            raise ValueError(
+                f"above 1 needs Redis Cluster ({ENV_PREFIX}REDIS_URL=redis+cluster://...); "
+                "one server's partitions would all share its one core"
+            )
+        return partitions
 
     @field_validator("callback_url")
     @classmethod
@@ -338,6 +359,12 @@ def weak_auth_keys(settings: Settings) -> list[str]:
 def redis_url_of(settings: Settings) -> str:
     """Where the store is: the configured Redis, or the embedded store on loopback."""
     return settings.redis_url or embedded_url(settings.embedded_port)
+
+
+def layout_of(settings: Settings) -> Layout:
+    """Where the deployment's keys are (see webhook/keys.py)."""
+    sharded = is_cluster_url(redis_url_of(settings))
+    return Layout(settings.key_prefix, settings.partitions, sharded=sharded)
 
 
 def safe_url(url: str) -> str:

@@ -14,9 +14,9 @@ import re
 from contextlib import suppress
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from webhook.connection import RedisClient
 from webhook.keys import Keys
 
 SUBMISSION_OUTCOMES = ("submitted", "throttled", "refused", "failed")
@@ -32,7 +32,7 @@ def submission_field(outcome: str, code: str = "") -> str:
     return f"{outcome}|{code}"
 
 
-async def count_submission(redis: Redis, keys: Keys, outcome: str, code: str) -> None:
+async def count_submission(redis: RedisClient, keys: Keys, outcome: str, code: str) -> None:
     """Count a SubmitDynamicImageJob call VOD refused or that failed. A Redis failure loses the
     count, never the call's own error."""
     with suppress(RedisError, OSError):
@@ -40,7 +40,7 @@ async def count_submission(redis: Redis, keys: Keys, outcome: str, code: str) ->
 
 
 async def count_reconcile_pass(
-    redis: Redis,
+    redis: RedisClient,
     keys: Keys,
     *,
     recovered: int,

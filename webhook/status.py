@@ -93,7 +93,7 @@ async def read_status(store: Store, *, consumers: bool = False) -> Status:
     """The snapshot, in one round trip (two when there are consumer groups: what was redriven
     to each and, with `consumers`, its consumers, as `status` shows them); StoreUnavailable
     when Redis does not answer within the call deadline."""
-    keys = store.keys
+    keys = store.shared
     with unavailable():
         async with asyncio.timeout(CALL_DEADLINE_SECONDS):
             async with store.redis.pipeline(transaction=False) as pipe:
@@ -153,7 +153,7 @@ def _group(info: dict[str, Any]) -> Group:
 
 async def _with_details(store: Store, groups: list[Group], *, consumers: bool) -> list[Group]:
     """The groups with what was redriven to each and, if asked, their consumers."""
-    keys = store.keys
+    keys = store.shared
     async with store.redis.pipeline(transaction=False) as pipe:
         for group in groups:
             pipe.xlen(keys.redrive(group.name))

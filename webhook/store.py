@@ -15,9 +15,7 @@ from typing import Any, ClassVar
 
 import orjson
 import structlog
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
     BusyLoadingError,
@@ -34,9 +32,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from webhook.autopipeline import AutoPipeline
+from webhook.connection import RedisClient, connect
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope, utc_text
-from webhook.keys import Keys
+from webhook.keys import Keys, Layout
 from webhook.settings import Settings, redis_url_of
 from webhook.stats import submission_field
 
@@ -64,41 +63,39 @@ class Recorded:
     duplicate: bool
 
 
-def connect_redis(settings: Settings) -> Redis:
-    """A client whose pool makes a burst wait for a connection, and whose commands are retried
-    once on a fresh connection when the pooled one died (as every one does when Redis restarts).
-
-    Timeouts are not retried and a wait for a connection is bounded by the Redis timeout, so a
-    callback is still answered well inside VOD's 5 s.
-    """
-    pool = BlockingConnectionPool.from_url(
+def connect_redis(settings: Settings) -> RedisClient:
+    """A client for the configured Redis, or the embedded store (see webhook/connection.py)."""
+    return connect(
         redis_url_of(settings),
-        max_connections=settings.redis_max_connections,
         timeout=settings.redis_timeout_seconds,
-        socket_timeout=settings.redis_timeout_seconds,
-        socket_connect_timeout=settings.redis_timeout_seconds,
-        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
-        decode_responses=True,
+        max_connections=settings.redis_max_connections,
     )
-    return Redis.from_pool(pool)
 
 
 class Store:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         *,
         prefix: str,
         stream_maxlen: int,
         dedup_ttl_seconds: int,
+        partitions: int = 1,
         call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
         max_held: int = 10_000,
     ) -> None:
         self.redis = redis
-        # The scripts (the callback's one round trip among them) share one pipelined connection;
-        # reads, pub/sub and blocking calls use redis's pool.
-        self._scripts = AutoPipeline(redis, default_timeout=call_deadline_seconds)
-        self.keys = Keys(prefix)
+        self._scripts: AutoPipeline | ClusterScripts
+        if isinstance(redis, RedisCluster):
+            # The cluster client sends each call to its slot's master and follows failovers.
+            self._scripts = ClusterScripts(redis)
+        else:
+            # The scripts (the callback's one round trip among them) share one pipelined
+            # connection; reads, pub/sub and blocking calls use redis's pool.
+            self._scripts = AutoPipeline(redis, default_timeout=call_deadline_seconds)
+        self.layout = Layout(prefix, partitions, sharded=isinstance(redis, RedisCluster))
+        self.shared = self.layout.shared
+        """Partition 0's keys, which hold what no job owns (see Layout.shared)."""
         self._stream_maxlen = stream_maxlen
         self._dedup_ttl = dedup_ttl_seconds
         self._call_deadline = call_deadline_seconds
@@ -114,6 +111,7 @@ class Store:
             prefix=settings.key_prefix,
             stream_maxlen=settings.stream_maxlen,
             dedup_ttl_seconds=settings.dedup_ttl_seconds,
+            partitions=settings.partitions,
             max_held=settings.max_held_outcomes,
         )
 
@@ -122,7 +120,8 @@ class Store:
         await self.redis.aclose()
 
     async def ensure_ready(self) -> None:
-        """Redis takes writes now, is recent enough, and has the scripts (loading any it lost).
+        """Redis takes writes now, in every partition, is recent enough, has the scripts
+        (loading any it lost), and on a cluster holds this deployment's number of partitions.
 
         The probe is a real write, so a Redis that answers but refuses to store (maxmemory with
         noeviction, a read-only replica after a failover, MISCONF) is not ready. It is a SET
@@ -133,18 +132,28 @@ class Store:
             self._record_submission,
             self._hold_outcome,
         ]
+        layout = self.layout
         with unavailable():
+            loaded = await self.redis.script_exists(*(script.sha for script in scripts))
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.script_exists(*(script.sha for script in scripts))
-                pipe.set(self.keys.ready, "1", nx=True, get=True, px=10_000)
-                loaded, probed = await pipe.execute(raise_on_error=False)
-            for reply in (loaded, probed):
+                for keys in layout.keys:
+                    pipe.set(keys.ready, "1", nx=True, get=True, px=10_000)
+                if layout.sharded:
+                    pipe.set(layout.partitions_key, layout.partitions, nx=True, get=True)
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies:
                 if isinstance(reply, ResponseError):
                     if "syntax error" in str(reply):
                         raise UnsupportedRedis(
                             "Redis 7.0 or newer is required (SET with both NX and GET)"
                         )
                     raise reply
+            if layout.sharded and replies[-1] not in (None, str(layout.partitions)):
+                raise PartitionsMismatch(
+                    f"this Redis Cluster holds {replies[-1]} partitions of key prefix "
+                    f"{layout.prefix!r}, and VOD_WEBHOOK_PARTITIONS is {layout.partitions}: "
+                    'set it to the same, or migrate (README "Scaling")'
+                )
             for script, present in zip(scripts, loaded, strict=True):
                 if not present:
                     await self.redis.script_load(script.script)
@@ -158,16 +167,18 @@ class Store:
     def record_arguments(self, envelope: Envelope) -> tuple[list[str], list[Any]]:
         """The record_event script's keys (the dedup marker first) and arguments (the job id
         second) for `envelope`."""
-        keys = self.keys
         body = envelope.model_dump_json()
         # The script fills in the id; a recorded envelope has one already and is not re-recorded.
         assert body.startswith(_ID_PLACEHOLDER), "envelope already recorded"
         completed = envelope.event_time or envelope.received_at
         if envelope.is_job_outcome and envelope.job_id:
+            keys = self.layout.of_job(envelope.job_id)
             mode, marker, job_id = "job", keys.job(envelope.job_id), envelope.job_id
             fields = orjson.dumps(_job_fields(envelope))
         else:
-            mode, marker, job_id = "event", keys.seen(envelope.fingerprint()), ""
+            fingerprint = envelope.fingerprint()
+            keys = self.layout.of_event(fingerprint)
+            mode, marker, job_id = "event", keys.seen(fingerprint), ""
             fields = b""
         # The channels are derived in the script from the prefix (see Keys): fewer arguments.
         args: list[Any] = [
@@ -181,8 +192,14 @@ class Store:
             keys.prefix,
             envelope.event_type,
             fields,
+            self.layout.publish,
+            self._partition_suffix(keys),
         ]
         return [marker, keys.stream, keys.pending], args
+
+    def _partition_suffix(self, keys: Keys) -> str:
+        """What the scripts put after an envelope's stream id (see Layout.qualify)."""
+        return self.layout.qualify(keys, "")
 
     async def hold(self, envelope: Envelope) -> Recorded:
         """Hold a callback's job outcome for verification (VERIFY_OUTCOMES), in one round trip.
@@ -191,10 +208,11 @@ class Store:
         is held already (`id` is ""). Raises TooManyHeld when `max_held` outcomes are held."""
         assert envelope.job_id, "only a job outcome is held"
         fingerprint = envelope.fingerprint()
+        partition = self.layout.of_job(envelope.job_id)
         keys = [
-            self.keys.job(envelope.job_id),
-            self.keys.held(fingerprint),
-            self.keys.verify_queue,
+            partition.job(envelope.job_id),
+            partition.held(fingerprint),
+            partition.verify_queue,
         ]
         args = [fingerprint, envelope.model_dump_json(), self._dedup_ttl, self._max_held]
         held, entry_id = await self._call(self._hold_outcome, keys, args)
@@ -214,7 +232,7 @@ class Store:
         in, and the returned Recorded names that envelope (id "" while the job is pending). The
         same call counts the submission (`submitted` in the submission stats).
         """
-        keys = self.keys
+        keys = self.layout.of_job(job_id)
         args: list[Any] = [
             job_id,
             video_id,
@@ -223,6 +241,8 @@ class Store:
             self._dedup_ttl,
             self._stream_maxlen,
             submission_field("submitted"),
+            self.layout.publish,
+            self._partition_suffix(keys),
             *keys.job_outcome_channels(job_id),
         ]
         created, entry_id = await self._call(
@@ -235,7 +255,7 @@ class Store:
     async def claim_batch_line(self, fingerprint: str) -> str | None:
         """Claim a batch line for submission; returns what holds it already, if anything
         (`job:<JobId>` once submitted)."""
-        key = self.keys.batch_line(fingerprint)
+        key = self.layout.shared.batch_line(fingerprint)
         with unavailable():
             claimed = await self.redis.set(
                 key, "claimed", nx=True, ex=BATCH_CLAIM_SECONDS, get=True
@@ -245,20 +265,21 @@ class Store:
     async def complete_batch_line(self, fingerprint: str, job_id: str) -> None:
         with unavailable():
             await self.redis.set(
-                self.keys.batch_line(fingerprint), f"job:{job_id}", ex=self._dedup_ttl
+                self.layout.shared.batch_line(fingerprint), f"job:{job_id}", ex=self._dedup_ttl
             )
 
     async def release_batch_line(self, fingerprint: str) -> None:
         with unavailable():
-            await self.redis.delete(self.keys.batch_line(fingerprint))
+            await self.redis.delete(self.layout.shared.batch_line(fingerprint))
 
     async def job(self, job_id: str) -> dict[str, str] | None:
         """The job's hash, with its `envelope` and `submission` (kept beside it) when present."""
+        keys = self.layout.of_job(job_id)
         with unavailable():
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.hgetall(self.keys.job(job_id))
-                pipe.get(self.keys.job_envelope(job_id))
-                pipe.get(self.keys.job_submission(job_id))
+                pipe.hgetall(keys.job(job_id))
+                pipe.get(keys.job_envelope(job_id))
+                pipe.get(keys.job_submission(job_id))
                 record, envelope, submission = await pipe.execute()
         job = {str(k): str(v) for k, v in record.items()}
         if job and envelope is not None:
@@ -272,17 +293,24 @@ class Store:
         with unavailable():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for job_id in job_ids:
-                    pipe.hget(self.keys.job(job_id), "video_id")
+                    pipe.hget(self.layout.of_job(job_id).job(job_id), "video_id")
                 values = await pipe.execute()
         return [str(v) if v is not None else None for v in values]
 
     async def forget_pending(self, job_id: str) -> None:
         with unavailable():
-            await self.redis.zrem(self.keys.pending, job_id)
+            await self.redis.zrem(self.layout.of_job(job_id).pending, job_id)
+
+    async def held_count(self) -> int:
+        """How many outcomes await verification, in every partition."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for keys in self.layout.keys:
+                pipe.zcard(keys.verify_queue)
+            return sum(await pipe.execute())
 
     async def take_turn(self, task: str, token: str, seconds: float) -> bool:
         """Whether it is this caller's turn to run `task`: one caller per `seconds`, any process."""
-        key = self.keys.turn(task)
+        key = self.layout.shared.turn(task)
         with unavailable():
             return bool(await self.redis.set(key, token, nx=True, px=int(seconds * 1000)))
 
@@ -290,8 +318,12 @@ class Store:
         """(job id, submitted ms) of jobs still waiting for an outcome, oldest first."""
         high = "+inf" if submitted_before_ms is None else submitted_before_ms
         with unavailable():
-            rows = await self.redis.zrangebyscore(self.keys.pending, "-inf", high, withscores=True)
-        return [(str(row[0]), int(row[1])) for row in rows]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys in self.layout.keys:
+                    pipe.zrangebyscore(keys.pending, "-inf", high, withscores=True)
+                replies = await pipe.execute()
+        rows = [(str(row[0]), int(row[1])) for reply in replies for row in reply]
+        return sorted(rows, key=lambda row: row[1])
 
     async def _call(self, script: AsyncScript, keys: list[str], args: list[Any]) -> Any:
         # The caller's detail names no host or port: it is sent to whoever posted the callback.
@@ -307,10 +339,31 @@ class Store:
                     return await self._scripts.execute(*command)
 
 
+class ClusterScripts:
+    """The scripts' calls on Redis Cluster: each goes to its keys' master through the cluster
+    client, which follows MOVED replies and failovers."""
+
+    def __init__(self, redis: RedisCluster) -> None:
+        self._redis = redis
+
+    async def execute(self, *args: str | bytes | int | float) -> Any:
+        return await self._redis.execute_command(*args)
+
+    async def aclose(self) -> None:
+        """Nothing of its own to close: the calls use the cluster client's connections."""
+
+
 class UnsupportedRedis(StoreUnavailable):
     """The server is too old for this project; retrying will not help."""
 
     code = "unsupported_redis"
+
+
+class PartitionsMismatch(UnsupportedRedis):
+    """The cluster was started with another number of partitions: running on would put jobs
+    where the other processes do not look for them."""
+
+    code = "partitions_mismatch"
 
 
 class TooManyHeld(StoreUnavailable):

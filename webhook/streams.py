@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import AsyncIterator
 from typing import Any, cast
 
-from redis.asyncio import Redis
+from webhook.connection import RedisClient
+from webhook.keys import entry_order
 
 StreamEntries = list[tuple[str, dict[str, str]]]
 
@@ -17,7 +19,7 @@ def read_entries(reply: Any) -> StreamEntries:
 
 
 async def stream_entries(
-    redis: Redis, stream: str, after: str, page: int = 500
+    redis: RedisClient, stream: str, after: str, page: int = 500
 ) -> AsyncIterator[tuple[str, str | None]]:
     """(id, envelope JSON or None if the entry has none) of the entries after `after`, oldest
     first, read a page at a time."""
@@ -26,7 +28,7 @@ async def stream_entries(
 
 
 async def stream_fields(
-    redis: Redis, stream: str, after: str = "0", until: str = "+", *, page: int = 500
+    redis: RedisClient, stream: str, after: str = "0", until: str = "+", *, page: int = 500
 ) -> AsyncIterator[tuple[str, dict[str, str]]]:
     """(id, fields) of the entries after `after` up to `until` included, oldest first, read a
     page at a time."""
@@ -37,3 +39,18 @@ async def stream_fields(
         if len(entries) < page:
             return
         after = entries[-1][0]
+
+
+async def merged(
+    reads: list[AsyncIterator[tuple[str, str | None]]],
+) -> AsyncIterator[tuple[str, str | None]]:
+    """The entries of several streams' reads (each oldest first), merged oldest first by id."""
+    heads: list[tuple[tuple[int, ...], int, tuple[str, str | None]]] = []
+    for number, read in enumerate(reads):
+        if (entry := await anext(read, None)) is not None:
+            heapq.heappush(heads, (entry_order(entry[0]), number, entry))
+    while heads:
+        _, number, entry = heapq.heappop(heads)
+        yield entry
+        if (entry := await anext(reads[number], None)) is not None:
+            heapq.heappush(heads, (entry_order(entry[0]), number, entry))

@@ -34,6 +34,7 @@ from pydantic import ValidationError
 
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
+from webhook.keys import Keys
 from webhook.store import Store, script_source, unavailable
 from webhook.vod import DynamicImage, Vod, VodError
 
@@ -86,6 +87,8 @@ class _Held:
     fingerprint: str
     envelope: Envelope
     attempts: int
+    keys: Keys
+    """Its partition's (held outcomes are kept in their job's partition)."""
 
 
 class Verifier:
@@ -121,7 +124,11 @@ class Verifier:
         return len(held)
 
     async def _claim_due(self) -> list[_Held]:
-        redis, keys = self.store.redis, self.store.keys
+        """Up to `batch` due outcomes of each partition."""
+        return [item for keys in self.store.layout.keys for item in await self._claim_in(keys)]
+
+    async def _claim_in(self, keys: Keys) -> list[_Held]:
+        redis = self.store.redis
         lease_ms = int(self.options.lease_seconds * 1000)
         with unavailable():
             fingerprints = [
@@ -143,7 +150,7 @@ class Verifier:
             if envelope is None:  # resolved, expired, or not ours to read: nothing to check
                 gone.append(fingerprint)
             else:
-                held.append(_Held(fingerprint, envelope, int(attempts or 0)))
+                held.append(_Held(fingerprint, envelope, int(attempts or 0), keys))
         if gone:
             with unavailable():
                 await redis.zrem(keys.verify_queue, *gone)
@@ -214,7 +221,7 @@ class Verifier:
     async def _retry(self, item: _Held, reason: str) -> None:
         options = self.options
         delay = options.delay(item.attempts)
-        redis, keys = self.store.redis, self.store.keys
+        redis, keys = self.store.redis, item.keys
         with unavailable():
             # Due `delay` from now on Redis's clock, as the claim script reads it.
             seconds, micros = await redis.time()
@@ -233,7 +240,7 @@ class Verifier:
 
     async def _resolve(self, item: _Held, state: str) -> None:
         """Leave a small tombstone, so a re-send of the same body is a duplicate, not re-held."""
-        keys = self.store.keys
+        keys = item.keys
         with unavailable():
             async with self.store.redis.pipeline(transaction=True) as pipe:
                 pipe.hdel(keys.held(item.fingerprint), "envelope")
@@ -252,7 +259,7 @@ async def drain_held(store: Store, options: VerifyOptions | None = None) -> None
         checked = 0
         try:
             with unavailable():
-                held = await store.redis.zcard(store.keys.verify_queue)
+                held = await store.held_count()
             if not held:
                 return
             if not announced:

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
-from redis.asyncio import Redis
 
-from webhook.keys import Keys
+from webhook.connection import RedisClient
 from webhook.limiter import RateLimiter
-from webhook.settings import ConfigError, Settings
+from webhook.settings import ConfigError, Settings, layout_of
 from webhook.stats import count_submission
 
 # The SDK is ~600 modules: imported when a Vod is built, not by every process that imports this
@@ -112,11 +111,11 @@ class Vod:
         self._retry = retry or RetryPolicy()
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis: Redis) -> Vod:
+    def from_settings(cls, settings: Settings, redis: RedisClient) -> Vod:
         """Calls share the quotas of settings.account_id, else of the signing AccessKey ID: one
         for ListDynamicImage, one for the rest (submissions)."""
         client, access_key_id = cls.sdk_client(settings)
-        keys, account = Keys(settings.key_prefix), settings.account_id or access_key_id
+        keys, account = layout_of(settings).shared, settings.account_id or access_key_id
         limiter = RateLimiter(redis, keys, account, settings.submit_qps)
         list_limiter = RateLimiter(redis, keys, f"{account}:ListDynamicImage", settings.list_qps)
         return cls(client, limiter, list_limiter=list_limiter)

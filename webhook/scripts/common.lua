@@ -92,10 +92,11 @@ local function keep_envelope(job, envelope, ttl_ms)
   redis.call('SET', envelope_key(job), envelope, 'PX', math.max(1, ttl_ms))
 end
 
--- Append `envelope` (carrying `id`) to the capped stream; returns the id and envelope appended.
+-- Append `envelope` (carrying `id` .. `partition`, its envelope id) to the capped stream; returns
+-- the envelope id and envelope appended. `partition` is "" with one partition, else "@<n>".
 -- The first write of a script: refused under OOM, it leaves nothing written. Should the kept last
 -- id lag the stream (an older version wrote to it), the id is taken from the stream instead.
-local function append(stream, maxlen, id, envelope)
+local function append(stream, maxlen, id, envelope, partition)
   local added = redis.pcall('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', envelope)
   if type(added) == 'table' and added.err then
     if not string.find(added.err, 'equal or smaller', 1, true) then
@@ -103,17 +104,17 @@ local function append(stream, maxlen, id, envelope)
       redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', envelope)
     end
     id = id_after(last_generated_id(stream))
-    envelope = with_id(envelope, id)
+    envelope = with_id(envelope, id .. partition)
     redis.call('XADD', stream, 'MAXLEN', '~', maxlen, id, 'envelope', envelope)
   end
   redis.call('SET', last_id_key(stream), id)
-  return id, envelope
+  return id .. partition, envelope
 end
 
--- Publish on every channel.
-local function publish(channels, envelope)
+-- Publish on every channel with `command`: PUBLISH, or SPUBLISH on a cluster.
+local function publish(command, channels, envelope)
   for _, channel in ipairs(channels) do
-    redis.call('PUBLISH', channel, envelope)
+    redis.call(command, channel, envelope)
   end
 end
 

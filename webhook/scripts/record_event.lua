@@ -14,12 +14,15 @@
 --          {prefix}:jobs:{JobId}
 -- ARGV[9]  event type
 -- ARGV[10] job hash fields (mode "job"): a JSON array of field, value, field, value...
+-- ARGV[11] the publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[12] what follows the stream id in the envelope id: "", or "@<partition>"
 -- Returns {1, id} when recorded, {0, id of the earlier record} for a duplicate.
 -- Every check comes before the first write, so an error leaves nothing half-written.
 
 local marker, stream, pending = KEYS[1], KEYS[2], KEYS[3]
 local mode, job_id, status, completed_ms = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local ttl, maxlen, envelope, prefix = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local command, partition = ARGV[11], ARGV[12]
 local guessed = false
 local given = {}
 
@@ -57,7 +60,7 @@ else
   channels = {prefix .. ':events', prefix .. ':events:' .. ARGV[9]}
 end
 local id = next_stream_id(stream)
-envelope = with_id(envelope, id)
+envelope = with_id(envelope, id .. partition)
 local submission = nil
 if mode == 'job' then
   submission = submission_of(marker, completed_ms)
@@ -66,7 +69,7 @@ if mode == 'job' then
   end
 end
 -- The stream entry is the first write (see append).
-id, envelope = append(stream, maxlen, id, envelope)
+id, envelope = append(stream, maxlen, id, envelope, partition)
 
 if mode == 'job' then
   local fields = {'envelope_id', id, 'completed_ms', completed_ms,
@@ -107,5 +110,5 @@ if mode == 'job' then
 else
   redis.call('SET', marker, id, 'EX', ttl)
 end
-publish(channels, envelope)
+publish(command, channels, envelope)
 return {1, id}

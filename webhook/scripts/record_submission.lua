@@ -11,7 +11,9 @@
 -- ARGV[5]  seconds the job record is kept
 -- ARGV[6]  approximate stream length to keep
 -- ARGV[7]  the stats field counting this submission (VOD accepted it)
--- ARGV[8 ..]  channels the job's outcome is published on
+-- ARGV[8]  the publish command: PUBLISH, or SPUBLISH on a cluster
+-- ARGV[9]  what follows the stream id in the envelope id: "", or "@<partition>"
+-- ARGV[10 ..]  channels the job's outcome is published on
 -- Returns {0, ''} if the job's submission was recorded before, {1, ''} when the job is now
 -- pending, and {1, id} when its outcome had come first and was published again, correlated.
 
@@ -36,15 +38,15 @@ end
 
 -- The outcome came first and went out uncorrelated; publish it once more, correlated.
 local channels = {}
-for i = 8, #ARGV do
+for i = 10, #ARGV do
   channels[#channels + 1] = ARGV[i]
 end
 local id = next_stream_id(stream)
 local completed_ms = tonumber(redis.call('HGET', job, 'completed_ms'))
 local latency = math.max(0, completed_ms - tonumber(submitted_ms))
-envelope = with_submission(with_id(envelope, id),
+envelope = with_submission(with_id(envelope, id .. ARGV[9]),
   string.sub(submission, 1, -2) .. string.format(',"latency_ms":%d}', latency))
-id, envelope = append(stream, maxlen, id, envelope)
+id, envelope = append(stream, maxlen, id, envelope, ARGV[9])
 redis.call('HSET', job, 'envelope_id', id, 'correlated', '1')
 redis.call('HDEL', job, 'envelope')
 local status, verified = unpack(redis.call('HMGET', job, 'status', 'verified'))
@@ -54,5 +56,5 @@ if status == 'timed_out' or verified == 'false' then
 end
 local kept_ms = redis.call('PTTL', job)
 keep_envelope(job, envelope, kept_ms > 0 and kept_ms or tonumber(ttl) * 1000)
-publish(channels, envelope)
+publish(ARGV[8], channels, envelope)
 return {1, id}
