@@ -100,6 +100,8 @@ class Node:
 
     def start(self, *once: str) -> None:
         """Start it (`once`: options for this start only, as --replicaof for the first)."""
+        assert not self.alive, f"redis-server on {self.port} is running"
+        self.stop()  # reap one that exited on its own (a SHUTDOWN, a crash)
         self.process = subprocess.Popen(
             [binary("redis-server"), *self.args, *once],
             cwd=self.dir,
@@ -327,13 +329,16 @@ class LocalCluster:
 
     def restart(self, port: int) -> None:
         """Start a killed node again with its directory (nodes.conf, AOF): it rejoins as a
-        replica of whichever node took its slots. Waits until it is a connected replica that
-        every live node sees as up."""
+        replica of whichever node took its slots. Waits until it is a connected replica (or,
+        restarted before anyone noticed, a master with one) that every live node sees as up."""
         self.nodes[port].start()
 
         def rejoined() -> bool:
             info = replication(port)
-            if info.get("role") != "slave" or info.get("master_link_status") != "up":
+            if info.get("role") == "slave":
+                if info.get("master_link_status") != "up":
+                    return False
+            elif not replica_ports(info):
                 return False
             if not self._state_ok(port):
                 return False
@@ -370,10 +375,9 @@ class LocalCluster:
         build it again on the same ports."""
         if self.healthy():
             return
-        for port, node in self.nodes.items():
+        for node in self.nodes.values():
             if not node.alive:
-                node.stop()  # reap it
-                self.nodes[port].start()
+                node.start()
         try:
             settle(self.healthy, "the cluster to heal", self.describe)
         except AssertionError:
@@ -485,9 +489,7 @@ class LocalSentinel:
         settle(self.healthy, "the sentinels to know each other", self.describe)
 
     def _start(self, port: int) -> None:
-        node = self.nodes[port]
-        node.stop()  # reap a killed one
-        node.start()
+        self.nodes[port].start()
         if port in self.sentinels:
             # A sentinel turns a restarted old master into a replica only once it has reported
             # itself a master for 4 hello periods, seen in INFO (every 10 s for a replica): 20 s
@@ -545,13 +547,16 @@ class LocalSentinel:
     def restart(self, port: int) -> None:
         """Start a killed node again with its directory. A data node comes back as it was
         killed (a master); the sentinels make it a replica of the current master. Waits until
-        that master lists it as an online replica and every sentinel sees it as a healthy one."""
+        that master lists it as an online replica and every sentinel sees it as a healthy one
+        (or, restarted before the sentinels noticed, it is still the master they all name)."""
         self._start(port)
         if port in self.sentinels:
             settle(self.healthy, f"sentinel {port} to rejoin", self.describe)
             return
 
         def reconfigured() -> bool:
+            if self._named() == {port}:
+                return self._is_master(port)
             master = self.master_port()
             if port == master or port not in replica_ports(replication(master)):
                 return False
