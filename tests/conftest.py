@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import suppress
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
@@ -29,6 +29,9 @@ from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.sender import signed_headers
 from webhook.settings import Settings
 from webhook.store import Store
+
+if TYPE_CHECKING:
+    from tests.topologies import LocalCluster, LocalSentinel
 
 AUTH_KEY = "TestAuthKey2026abcd"
 # Deliberately not the URL tests post to: the signature covers the URL as registered in VOD.
@@ -118,6 +121,53 @@ def redis_sync(redis_server: RedisServer) -> Iterator[redis.Redis]:
 def redis_url(redis_sync: redis.Redis, redis_server: RedisServer) -> str:
     """The session's Redis, flushed, for tests that hand its URL to subprocesses."""
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas) of this worker's own, started by the first
+    test that asks for it (a few seconds) and stopped at the session's end."""
+    # Imported here: tests.topologies imports this module.
+    from tests.topologies import LocalCluster
+
+    cluster = LocalCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: LocalCluster) -> str:
+    """The cluster's redis+cluster:// URL, healed (3 masters each with a connected replica,
+    whatever the last test killed) and flushed."""
+    redis_cluster.ensure_healthy()
+    redis_cluster.flush()
+    return redis_cluster.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[LocalSentinel]:
+    """A real Sentinel set (master, replica, 3 sentinels watching "mymaster") of this worker's
+    own, started by the first test that asks for it and stopped at the session's end."""
+    from tests.topologies import LocalSentinel
+
+    sentinel = LocalSentinel()
+    sentinel.start()
+    try:
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture
+def sentinel_url(redis_sentinel: LocalSentinel) -> str:
+    """The set's redis+sentinel:// URL, healed (a master with a connected replica, known to
+    all 3 sentinels) and flushed."""
+    redis_sentinel.ensure_healthy()
+    redis_sentinel.flush()
+    return redis_sentinel.url
 
 
 @pytest.fixture
