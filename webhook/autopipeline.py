@@ -8,6 +8,10 @@ here ~30 (32 concurrent callers, measured on the 2-core box of the README's Perf
 A command that failed with the connection is sent once more, as the pool's retry did: the
 scripts sent here are safe to repeat (they deduplicate), so one that Redis ran before the
 reply was lost is not recorded twice.
+
+With `wait_replicas`, each batch ends with a WAIT: its callers hear their replies only once that
+many replicas have the batch's writes (and every earlier one of this connection, so a duplicate
+is not acknowledged before the write it duplicates is replicated); else they fail.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import hiredis
 import structlog
 from redis.asyncio import Redis
+from redis.asyncio.cluster import ClusterNode
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -30,21 +35,40 @@ logger = structlog.get_logger("webhook.autopipeline")
 _Waiting = list[tuple[tuple[Any, ...], "asyncio.Future[Any]"]]
 
 
-class AutoPipeline:
-    """Runs commands on one connection of its own, opened with `redis`'s settings.
+class NotReplicated(RedisError):
+    """Fewer replicas than asked acknowledged a batch's writes within the wait."""
 
-    `redis`'s socket timeout (else `default_timeout`) bounds a batch as a whole, not each reply
+
+class AutoPipeline:
+    """Runs commands on one connection of its own, opened with the settings of `redis`'s pool
+    or of a cluster node.
+
+    The socket timeout (else `default_timeout`) bounds a batch as a whole, not each reply
     (a timer per command costs); when it passes, or the connection fails, every command of the
     batch fails and the connection is opened afresh for the next one.
     """
 
-    def __init__(self, redis: Redis, *, default_timeout: float) -> None:
-        pool = redis.connection_pool
-        settings = pool.connection_kwargs
+    def __init__(
+        self,
+        redis: Redis | ClusterNode,
+        *,
+        default_timeout: float,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
+    ) -> None:
+        kind: type[AbstractConnection]
+        if isinstance(redis, ClusterNode):
+            kind, settings = redis.connection_class, redis.connection_kwargs
+        else:
+            kind, settings = (
+                redis.connection_pool.connection_class,
+                redis.connection_pool.connection_kwargs,
+            )
         self._timeout: float = settings.get("socket_timeout") or default_timeout
-        self._connection: AbstractConnection = pool.connection_class(
+        self._connection: AbstractConnection = kind(
             **{**settings, "socket_timeout": None, "retry": Retry(NoBackoff(), 0)}
         )
+        self._wait = ("WAIT", wait_replicas, wait_timeout_ms) if wait_replicas else None
         self._waiting: _Waiting = []
         self._sender: asyncio.Task[None] | None = None
         self._closed = False
@@ -98,17 +122,28 @@ class AutoPipeline:
                 if not connection.is_connected:
                     await connection.connect()  # type: ignore[no-untyped-call]
                 # hiredis packs in C, ~6x faster than redis-py's Python packer.
-                packed = b"".join([hiredis.pack_command(args) for args, _ in batch])
+                commands = [args for args, _ in batch]
+                if self._wait:
+                    commands.append(self._wait)
+                packed = b"".join([hiredis.pack_command(args) for args in commands])
                 await connection.send_packed_command(packed, check_health=False)
-                for _, future in batch:
+                replies: list[Any] = []
+                for _ in batch:
                     try:
-                        reply = await connection.read_response()
+                        replies.append(await connection.read_response())
                     except ResponseError as refusal:  # this command's error, not the batch's
-                        if not future.done():
-                            future.set_exception(refusal)
+                        replies.append(refusal)
+                if self._wait:
+                    _check_replicated(await connection.read_response(), self._wait)
+                for reply, (_, future) in zip(replies, batch, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(reply, ResponseError):
+                        future.set_exception(reply)
                     else:
-                        if not future.done():
-                            future.set_result(reply)
+                        future.set_result(reply)
+        except NotReplicated as exc:  # the connection is fine
+            _fail(batch, exc)
         except TimeoutError:
             await connection.disconnect(nowait=True)
             _fail(batch, RedisTimeoutError(f"Redis did not answer within {self._timeout} s"))
@@ -119,6 +154,14 @@ class AutoPipeline:
             logger.exception("autopipeline_failed")
             await connection.disconnect(nowait=True)
             _fail(batch, RedisError(f"unexpected {type(exc).__name__}: {exc}"))
+
+
+def _check_replicated(acknowledged: Any, wait: tuple[str, int, int]) -> None:
+    _, replicas, timeout_ms = wait
+    if int(acknowledged) < replicas:
+        raise NotReplicated(
+            f"{acknowledged} of {replicas} replicas acknowledged the writes within {timeout_ms} ms"
+        )
 
 
 def _fail(batch: _Waiting, error: RedisError) -> None:

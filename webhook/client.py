@@ -26,8 +26,15 @@ import structlog
 from pydantic import ValidationError
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # The dead-letter operations, offered here too: a subscriber needs only this module.
@@ -281,8 +288,18 @@ def _one_at_a_time(handler: Handler) -> Handler:
 
 
 _START_IDS = {"now": "$", "beginning": "0"}
-# Errors that mean "Redis is out of reach for now" (redis-py raises OSError subclasses too).
-_UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# Errors that mean "Redis is out of reach for now": down, or failing over (a cluster without
+# a master for some slot, a demoted master refusing writes, a promoted replica still loading).
+_UNREACHABLE = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    OSError,
+    ClusterDownError,
+    TryAgainError,
+    MasterDownError,
+    ReadOnlyError,
+    BusyLoadingError,
+)
 
 
 def _group_lost(error: ResponseError) -> bool:
@@ -344,11 +361,6 @@ class _ConsumerLoop:
                     rejoin = False
                 await self.serve()
                 return
-            except ResponseError as exc:
-                if not _group_lost(exc):
-                    raise
-                logger.warning("consumer_group_lost", group=self.group, error=str(exc))
-                rejoin = True
             except _UNREACHABLE as exc:
                 now = time.monotonic()
                 if outage_since is None or not self.failures:
@@ -356,6 +368,11 @@ class _ConsumerLoop:
                 if now - outage_since > self.options.reconnect_seconds:
                     raise
                 logger.warning("redis_unavailable", group=self.group, error=repr(exc))
+            except ResponseError as exc:
+                if not _group_lost(exc):
+                    raise
+                logger.warning("consumer_group_lost", group=self.group, error=str(exc))
+                rejoin = True
             self.failures += 1
             # The first retry is quick (a lost group is recreated at once); then back off, so
             # a Redis that stays away or a group that keeps vanishing is not hammered.

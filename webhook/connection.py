@@ -133,7 +133,7 @@ def connect(url: str, *, timeout: float, max_connections: int) -> RedisClient:
         master: Redis = sentinel.master_for(
             nodes.master,
             redis_class=Redis,
-            connection_pool_class=SentinelConnectionPool,
+            connection_pool_class=_SentinelPool,
             db=nodes.db,
             username=nodes.username,
             password=nodes.password,
@@ -145,6 +145,16 @@ def connect(url: str, *, timeout: float, max_connections: int) -> RedisClient:
         url, max_connections=max_connections, timeout=timeout, **settings
     )
     return Redis.from_pool(pool)
+
+
+class _SentinelPool(SentinelConnectionPool):
+    """The master's pool, which also closes the client's connections to the Sentinels (its
+    own, made for it in `connect`)."""
+
+    async def disconnect(self, inuse_connections: bool = True) -> None:
+        await super().disconnect(inuse_connections)
+        for sentinel in self.sentinel_manager.sentinels:
+            await sentinel.aclose()
 
 
 async def layout_of(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import tempfile
@@ -9,15 +10,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import redis
 import structlog
 import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from webhook.app import create_app
+from webhook.connection import connect
 from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.logs import configure_logging
 from webhook.settings import ConfigError, Settings, check_receiver_settings, safe_url
@@ -41,14 +47,21 @@ def check_redis(url: str, timeout: float) -> None:
     """Stop on a Redis URL that can never work (a wrong password, no such database): every
     callback would get 503 until VOD gives up. One that does not answer yet may: serve, with
     readiness down until it does."""
-    client = redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+
+    async def ping() -> None:
+        client = connect(url, timeout=timeout, max_connections=2)
+        try:
+            await client.ping()
+        finally:
+            await client.aclose()
+
     try:
-        client.ping()
+        asyncio.run(ping())
     except (AuthenticationError, ResponseError) as exc:
         raise ConfigError(
             f"VOD_WEBHOOK_REDIS_URL: {safe_url(url)} refuses this client: {exc}"
         ) from None
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         logger.warning(
             "redis_unreachable",
             variable="VOD_WEBHOOK_REDIS_URL",
@@ -56,8 +69,6 @@ def check_redis(url: str, timeout: float) -> None:
             error=str(exc),
             detail="serving anyway: callbacks get 503 and /readyz stays down until it answers",
         )
-    finally:
-        client.close()
 
 
 def server_config(settings: Settings, *, host: str, port: int, workers: int) -> uvicorn.Config:

@@ -115,6 +115,22 @@ class Settings(BaseSettings):
         "`REDIS_TIMEOUT_SECONDS`). Scripts, the callback's one round trip among them, go out "
         "pipelined on one more connection of the worker's own.",
     )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="Answer a callback 200 only once this many replicas hold what it wrote "
+        "(Redis WAIT, once per pipelined batch); else 503, and VOD's retry is answered once "
+        "they do. 1 with Redis Cluster or Sentinel: a failover then loses no acknowledged "
+        "callback. 0: off (one server has no replicas to wait for).",
+    )
+    redis_wait_timeout_ms: int = Field(
+        500,
+        ge=1,
+        le=3_000,
+        description="How long a batch waits for `REDIS_WAIT_REPLICAS` replicas before its "
+        "callbacks are answered 503.",
+    )
     shutdown_timeout_seconds: float = Field(
         10.0,
         ge=0,

@@ -18,9 +18,11 @@ import structlog
 from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
+    MovedError,
     NoScriptError,
     OutOfMemoryError,
     ReadOnlyError,
@@ -83,16 +85,22 @@ class Store:
         partitions: int = 1,
         call_deadline_seconds: float = CALL_DEADLINE_SECONDS,
         max_held: int = 10_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 0,
     ) -> None:
         self.redis = redis
+        # The scripts (the callback's one round trip among them) share one pipelined connection
+        # (on a cluster, one per master); reads, pub/sub and blocking calls use redis's pool.
+        options: dict[str, Any] = {
+            "default_timeout": call_deadline_seconds,
+            "wait_replicas": wait_replicas,
+            "wait_timeout_ms": wait_timeout_ms,
+        }
         self._scripts: AutoPipeline | ClusterScripts
         if isinstance(redis, RedisCluster):
-            # The cluster client sends each call to its slot's master and follows failovers.
-            self._scripts = ClusterScripts(redis)
+            self._scripts = ClusterScripts(redis, **options)
         else:
-            # The scripts (the callback's one round trip among them) share one pipelined
-            # connection; reads, pub/sub and blocking calls use redis's pool.
-            self._scripts = AutoPipeline(redis, default_timeout=call_deadline_seconds)
+            self._scripts = AutoPipeline(redis, **options)
         self.layout = Layout(prefix, partitions, sharded=isinstance(redis, RedisCluster))
         self.shared = self.layout.shared
         """Partition 0's keys, which hold what no job owns (see Layout.shared)."""
@@ -113,6 +121,8 @@ class Store:
             dedup_ttl_seconds=settings.dedup_ttl_seconds,
             partitions=settings.partitions,
             max_held=settings.max_held_outcomes,
+            wait_replicas=settings.redis_wait_replicas,
+            wait_timeout_ms=settings.redis_wait_timeout_ms,
         )
 
     async def close(self) -> None:
@@ -340,17 +350,49 @@ class Store:
 
 
 class ClusterScripts:
-    """The scripts' calls on Redis Cluster: each goes to its keys' master through the cluster
-    client, which follows MOVED replies and failovers."""
+    """The scripts' calls on Redis Cluster, each pipelined (see AutoPipeline) on a connection of
+    its own to the master of its keys' slot, as the cluster client knows it. A moved slot, a
+    failed connection or a cluster that is down has that map read again (once, whoever needs it
+    first); a MOVED call is sent again at once, the others fail (503) meanwhile."""
 
-    def __init__(self, redis: RedisCluster) -> None:
+    def __init__(self, redis: RedisCluster, **options: Any) -> None:
         self._redis = redis
+        self._options = options
+        self._pipelines: dict[str, AutoPipeline] = {}
+        self._stale = False
+        self._refresh = asyncio.Lock()
 
     async def execute(self, *args: str | bytes | int | float) -> Any:
-        return await self._redis.execute_command(*args)
+        pipeline = await self._fresh_pipeline(args) if self._stale else self._pipeline(args)
+        try:
+            return await pipeline.execute(*args)
+        except (MovedError, AskError):
+            self._stale = True
+            return await (await self._fresh_pipeline(args)).execute(*args)
+        except (RedisConnectionError, ClusterDownError, MasterDownError, ReadOnlyError):
+            self._stale = True
+            raise
+
+    async def _fresh_pipeline(self, args: tuple[Any, ...]) -> AutoPipeline:
+        async with self._refresh:
+            if self._stale:
+                await self._redis.nodes_manager.initialize()
+                self._stale = False
+        return self._pipeline(args)
+
+    def _pipeline(self, args: tuple[Any, ...]) -> AutoPipeline:
+        # EVALSHA sha numkeys key ...: every key of a call is in its first key's slot.
+        node = self._redis.get_node_from_key(str(args[3]))
+        if node is None:
+            raise ClusterDownError(f"no master serves the slot of {args[3]}")
+        pipeline = self._pipelines.get(node.name)
+        if pipeline is None:
+            pipeline = self._pipelines[node.name] = AutoPipeline(node, **self._options)
+        return pipeline
 
     async def aclose(self) -> None:
-        """Nothing of its own to close: the calls use the cluster client's connections."""
+        for pipeline in self._pipelines.values():
+            await pipeline.aclose()
 
 
 class UnsupportedRedis(StoreUnavailable):

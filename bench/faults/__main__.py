@@ -15,8 +15,11 @@ import shutil
 import sys
 from pathlib import Path
 
+from bench.faults.failover import FAILOVERS
 from bench.faults.figures import Figures
 from bench.faults.scenarios import SCENARIOS
+
+ALL = {**SCENARIOS, **FAILOVERS}
 
 COLUMNS = [
     ("scenario", "scenario", 40),
@@ -59,13 +62,13 @@ async def run(names: list[str], workdir: Path) -> list[Figures]:
     results = []
     for name in names:
         print(f"running {name} ...", file=sys.stderr, flush=True)
-        results.append(await SCENARIOS[name](workdir))
+        results.append(await ALL[name](workdir))
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), default=list(SCENARIOS))
+    parser.add_argument("--only", nargs="+", choices=sorted(ALL), default=list(ALL))
     parser.add_argument("--json", type=Path, default=Path(".faults/report.json"))
     parser.add_argument("--workdir", type=Path, default=Path(".faults/run"))
     args = parser.parse_args()
