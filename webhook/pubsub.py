@@ -83,6 +83,7 @@ async def _shard_messages(
             f"subscribing on Redis Cluster needs redis-py 8.0 or newer (sharded pub/sub with "
             f"asyncio); this is {redis.__version__}"
         )
+    await cluster.initialize()  # the slots, to find each channel's master
     queue: asyncio.Queue[tuple[str, Any] | BaseException] = asyncio.Queue(_SHARD_QUEUE)
 
     async def read(channel: str) -> None:

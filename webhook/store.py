@@ -363,6 +363,7 @@ class ClusterScripts:
         self._refresh = asyncio.Lock()
 
     async def execute(self, *args: str | bytes | int | float) -> Any:
+        await self._redis.initialize()  # learns the slots on first use; then returns at once
         pipeline = await self._fresh_pipeline(args) if self._stale else self._pipeline(args)
         try:
             return await pipeline.execute(*args)
