@@ -11,7 +11,15 @@ from typing import Any
 import pytest
 
 from tests.conftest import AUTH_KEY, free_port, wait_for
-from tests.processes import Process, emulating, env_for, listening, run, serving
+from tests.processes import (
+    Process,
+    emulating,
+    emulator_jobs,
+    env_for,
+    listening,
+    run,
+    serving,
+)
 from webhook.connection import parse_nodes
 from webhook.settings import ConfigError, load_settings
 
@@ -19,13 +27,17 @@ from webhook.settings import ConfigError, load_settings
 def test_submitted_jobs_come_back_correlated_from_every_partition(
     cluster_url: str, tmp_path: Path
 ) -> None:
+    """With reconciliation and verification on, so held outcomes, their checks and the pending
+    index are exercised in every partition too."""
     emulator_port = free_port()
     cluster = {"redis_url": cluster_url, "partitions": "3"}
     with (
-        serving(**cluster, vod_endpoint=f"http://127.0.0.1:{emulator_port}") as (receiver, _),
+        serving(**cluster, vod_endpoint=f"http://127.0.0.1:{emulator_port}",
+                verify_outcomes="true", reconcile="true", reconcile_interval_seconds="0.5",
+                reconcile_grace_seconds="2") as (receiver, _),
         emulating("--callback-url", f"{receiver}/callbacks/vod", "--auth-key", AUTH_KEY,
-                  "--delay", "0.2", "--duplicate-rate", "0.3", "--seed", "3",
-                  port=emulator_port),
+                  "--delay", "0.2", "--duplicate-rate", "0.3", "--drop-rate", "0.3",
+                  "--seed", "3", port=emulator_port) as (emulator, _),
         listening(**cluster) as live,
         listening("--group", "audit", "--from", "beginning", **cluster) as durable,
     ):  # fmt: skip
@@ -40,10 +52,17 @@ def test_submitted_jobs_come_back_correlated_from_every_partition(
 
         for listener in (live, durable):
             wait_for(partial(_all_of, listener, job_ids), 30, "every outcome")
+        dropped = {
+            j["job_id"] for j in emulator_jobs(emulator) if j["callback"] == "dropped_by_fault"
+        }
 
     for listener in (live, durable):
         envelopes = [e for e in seen(listener) if e["submission"] is not None]
         assert sorted(e["job_id"] for e in envelopes) == sorted(job_ids)  # each once
+    by_job = {e["job_id"]: e for e in seen(live)}
+    assert dropped, "the seed drops some callbacks"
+    assert all(by_job[j]["source"] == "reconcile" for j in dropped)
+    assert all(by_job[j]["verified"] is True for j in job_ids - dropped)
     partitions = {str(e["id"]).rpartition("@")[2] for e in seen(live)}
     assert len(partitions) > 1, "12 jobs spread over several of the 3 partitions"
     assert partitions <= {"0", "1", "2"}
