@@ -12,7 +12,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tests.conftest import RedisServer, eventually
-from webhook.autopipeline import AutoPipeline
+from webhook.autopipeline import AutoPipeline, NotReplicated
 
 NAME = "autopipeline-test"
 
@@ -149,3 +149,34 @@ async def test_closing_fails_what_still_waits(named_client: Redis, redis_client:
 async def _blocked_on(admin: Redis, name: str) -> bool:
     """Whether a connection named `name` waits for Redis (flag b: blocked, here by the pause)."""
     return any(client["flags"] == "b" for client in await connections_named(admin, name))
+
+
+async def test_with_wait_replicas_writes_are_answered_once_a_replica_has_them(
+    own_redis: RedisServer,
+) -> None:
+    """Without a replica every command of the batch fails (NotReplicated, the writes stay on
+    the master); once a replica follows, the same pipeline answers, and the replica has them."""
+    master = Redis.from_url(own_redis.url, decode_responses=True)
+    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(own_redis.port))
+    pipeline = AutoPipeline(master, default_timeout=2, wait_replicas=1, wait_timeout_ms=100)
+    try:
+        with pytest.raises(NotReplicated, match="0 of 1 replicas acknowledged"):
+            await pipeline.execute("SET", "before", "1")
+        replica.start()
+        follower = Redis.from_url(replica.url, decode_responses=True)
+        await eventually(lambda: _linked(follower))
+        assert await asyncio.gather(*(pipeline.execute("INCR", "n") for _ in range(50))) == list(
+            range(1, 51)
+        )
+        assert await follower.get("n") == "50"  # answered: on the replica already
+        assert await follower.get("before") == "1"
+        await follower.aclose()
+    finally:
+        await pipeline.aclose()
+        await master.aclose()
+        replica.stop()
+
+
+async def _linked(replica: Redis) -> bool:
+    info = await replica.info("replication")
+    return bool(info.get("master_link_status") == "up")

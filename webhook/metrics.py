@@ -67,7 +67,7 @@ def series_names() -> set[str]:
 
 OTHER = "other"  # an event type VOD does not list, or a path that is no route of the app
 UNKNOWN = "unknown"  # the event type of a body that was not parsed
-REDIS_ERROR_KINDS = ("connection", "timeout", "out_of_memory", "busy", "other")
+REDIS_ERROR_KINDS = ("connection", "timeout", "out_of_memory", "busy", "not_replicated", "other")
 SSE_DISCONNECT_REASONS = ("lagging", "shutdown", "redis_unavailable", "client_closed")
 # Callbacks take ~0.5 ms on an idle receiver and must be answered within VOD's 5 s.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)

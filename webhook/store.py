@@ -33,7 +33,7 @@ from redis.exceptions import (
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from webhook.autopipeline import AutoPipeline
+from webhook.autopipeline import AutoPipeline, NotReplicated
 from webhook.connection import RedisClient, connect
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope, utc_text
@@ -449,11 +449,14 @@ class unavailable:
 
 
 def failure_kind(error: RedisError | OSError) -> str:
-    """What failed, in a word: `out_of_memory`, `busy` (a script running, a dataset loading,
+    """What failed, in a word: `out_of_memory`, `not_replicated` (fewer replicas acknowledged
+    the writes than REDIS_WAIT_REPLICAS asks), `busy` (a script running, a dataset loading,
     TRYAGAIN), `timeout`, `connection` (refused, reset, no connection free), or `other`
     (read-only, MISCONF, a refused command)."""
     if isinstance(error, OutOfMemoryError):
         return "out_of_memory"
+    if isinstance(error, NotReplicated):
+        return "not_replicated"
     if isinstance(error, BusyLoadingError | TryAgainError) or str(error).startswith("BUSY"):
         return "busy"
     if isinstance(error, RedisTimeoutError | TimeoutError):
