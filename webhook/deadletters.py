@@ -36,9 +36,7 @@ def dead_letter_id(text: str) -> str:
     (1732476000000-0@2); ValueError if not (a partial id would stand for a range)."""
     parts = DEAD_LETTER_ID.fullmatch(text)
     if parts is None or any(int(part) >= 2**64 for part in parts.groups()):
-        raise ValueError(
-            f"not a dead-letter id (such as 1732476000000-0, or 1732476000000-0@1): {text!r}"
-        )
+        raise ValueError(f"not a dead-letter id (such as 1732476000000-0): {text!r}")
     return text
 
 

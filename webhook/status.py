@@ -123,14 +123,12 @@ async def read_status(store: Store, *, consumers: bool = False) -> Status:
     with unavailable():
         async with asyncio.timeout(CALL_DEADLINE_SECONDS):
             async with store.redis.pipeline(transaction=False) as pipe:
-                pipe.time()
                 pipe.hgetall(layout.shared.limiter_stats)
                 pipe.hgetall(layout.shared.reconcile_stats)
                 for keys in layout.keys:
                     _read_partition(pipe, keys)
-                replies = [_answer(reply) for reply in await pipe.execute(raise_on_error=False)]
-            (seconds, micros), limiter, passes = replies[:3]
-            per_partition = replies[3:]
+                (seconds, micros), replies = await _with_clock(store, pipe)
+            limiter, passes, *per_partition = (_answer(reply) for reply in replies)
             reads = [
                 _PartitionRead(
                     keys, *per_partition[n * _PARTITION_READS : (n + 1) * _PARTITION_READS]
@@ -162,6 +160,19 @@ async def read_status(store: Store, *, consumers: bool = False) -> Status:
         reconcile=reconcile_passes(passes),
         partitions=tuple(_partition(store, read) for read in reads),
     )
+
+
+async def _with_clock(
+    store: Store, pipe: Pipeline | ClusterPipeline
+) -> tuple[tuple[int, int], list[Any]]:
+    """Redis's clock and the pipeline's replies: TIME in the pipeline on one server; beside it
+    on a cluster, whose pipelines refuse a command without a key to route it by."""
+    if isinstance(pipe, ClusterPipeline):
+        now, replies = await asyncio.gather(store.redis.time(), pipe.execute(raise_on_error=False))
+        return now, replies
+    pipe.time()
+    *replies, now = await pipe.execute(raise_on_error=False)
+    return now, replies
 
 
 # How many replies `_read_partition` queues.
