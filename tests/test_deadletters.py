@@ -263,11 +263,15 @@ async def test_unknown_ids_change_nothing_and_are_named(
         await dead_letter(redis_client, "1-0")
 
 
-@pytest.mark.parametrize("text", ["1732476000000", "abc", "1-2-3", "18446744073709551616-0", ""])
+@pytest.mark.parametrize(
+    "text", ["1732476000000", "abc", "1-2-3", "18446744073709551616-0", "", "1-0@", "1-0@x", "1@2"]
+)
 def test_a_dead_letter_id_is_a_complete_stream_id(text: str) -> None:
     with pytest.raises(ValueError, match="not a dead-letter id"):
         dead_letter_id(text)
     assert dead_letter_id("18446744073709551615-0") == "18446744073709551615-0"
+    # With several partitions (Redis Cluster), an id names its partition.
+    assert dead_letter_id("18446744073709551615-0@2") == "18446744073709551615-0@2"
 
 
 async def test_the_same_id_twice_is_redriven_once(

@@ -211,7 +211,7 @@ async def test_the_json_document_has_a_stable_shape(store: Store, redis_client: 
     document = status_document(await read_status(store, consumers=True), SETTINGS)
     assert list(document) == [
         "redis_time", "stream", "groups", "dead_letters", "pending_jobs", "held_outcomes",
-        "quotas", "submissions", "reconcile", "attention",
+        "quotas", "submissions", "reconcile", "partitions", "attention",
     ]  # fmt: skip
     assert document["redis_time"].endswith("Z")
     assert list(document["stream"]) == ["length", "oldest_id", "oldest_age_seconds"]
@@ -231,6 +231,11 @@ async def test_the_json_document_has_a_stable_shape(store: Store, redis_client: 
     ]  # fmt: skip
     assert reconcile["expected"] is True  # this Redis has seen a pass
     assert reconcile["last_pass_at"].endswith("Z")
+    # Plain Redis: one partition, the totals, in no cluster slot.
+    assert document["partitions"] == [
+        {"number": 0, "stream_length": 3, "dead_letters": 2, "pending_jobs": 2, "slot": None,
+         "master": None},
+    ]  # fmt: skip
     assert document["attention"] == [
         "2 dead-lettered entries (consumers gave up on them)",
         "job old-job has been pending 2 h 0 min, past VOD_WEBHOOK_RECONCILE_DEADLINE_SECONDS "
@@ -256,6 +261,7 @@ async def test_the_lines_read_well_on_a_terminal(store: Store, redis_client: Red
     )
     assert "reconciliation  last pass " in text
     assert "ago, every 30 s; 1 passes, 1 recovered, 2 timed out" in text
+    assert "partition " not in text  # one partition on plain Redis: the totals above
     assert lines[-3:-1] == [
         "needs attention:",
         "  - 2 dead-lettered entries (consumers gave up on them)",
@@ -347,7 +353,7 @@ async def test_a_group_destroyed_between_the_two_reads_shows_no_consumers(
     await populate(store, redis_client)
     [group] = (await read_status(store)).groups
     await redis_client.xgroup_destroy("vod:stream", "thumbnails")
-    [gone] = await _with_details(store, [group], consumers=True)
+    [[gone]] = await _with_details(store, [[group]], consumers=True)
     assert (gone.name, gone.members, gone.redriven) == ("thumbnails", (), 1)
 
 

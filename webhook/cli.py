@@ -323,7 +323,10 @@ async def deadletter_list(settings: Settings, args: argparse.Namespace) -> int:
         letters = [
             letter
             async for letter in dead_letters(
-                store.redis, group=args.group, prefix=settings.key_prefix
+                store.redis,
+                group=args.group,
+                prefix=settings.key_prefix,
+                partitions=settings.partitions,
             )
         ]
     if args.json:
@@ -337,7 +340,9 @@ async def deadletter_list(settings: Settings, args: argparse.Namespace) -> int:
 
 async def deadletter_show(settings: Settings, args: argparse.Namespace) -> int:
     async with _store(settings) as store:
-        letter = await dead_letter(store.redis, args.id, prefix=settings.key_prefix)
+        letter = await dead_letter(
+            store.redis, args.id, prefix=settings.key_prefix, partitions=settings.partitions
+        )
     details = letter.details()
     if args.json:
         print(json.dumps(details))
@@ -379,7 +384,11 @@ async def _on_dead_letters(
     if problem := _selection_problem(args):
         return _fail(problem, EXIT_USAGE)
     async with _store(settings) as store:
-        scope = {"group": args.group, "prefix": settings.key_prefix}
+        scope = {
+            "group": args.group,
+            "prefix": settings.key_prefix,
+            "partitions": settings.partitions,
+        }
         if args.all:
             count = await every(store.redis, **scope)
         else:
@@ -703,7 +712,9 @@ def _add_deadletter(commands: _Commands) -> None:
         description="A consumer group (consume, listen --group) gives an entry up when its "
         "handler failed max_deliveries times, or at once when it is no envelope: the entry "
         "goes to the dead-letter stream (vod:deadletter, under VOD_WEBHOOK_KEY_PREFIX) with the "
-        "error, until redriven or purged.",
+        "error, until redriven or purged. On Redis Cluster every partition has its own: these "
+        "commands cover them all, and an id names its partition (<id>@<n>) when there are "
+        "several.",
     )
     letters = parser.add_subparsers(dest="deadletter_command", required=True, metavar="COMMAND")
     listing = letters.add_parser(
@@ -733,7 +744,9 @@ def _add_deadletter(commands: _Commands) -> None:
         "gave it up (no other group gets it again) and delete it from the dead-letter stream, "
         "in one step: redriven twice, at once or again after a crash, it goes back once. If "
         "it fails again it is dead-lettered again, with this time in its history. Given ids, "
-        "all or none: an unknown id is reported and nothing is redriven.",
+        "all or none: an unknown id is reported and nothing is redriven (with several "
+        "partitions, every id is checked first, then each partition is redriven in a step of "
+        "its own).",
     )
     redrive.set_defaults(run_async=deadletter_redrive)
     _add_dead_letter_selection(redrive, "redrive")

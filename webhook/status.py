@@ -1,17 +1,23 @@
 """The state of a deployment as Redis holds it, for `vod-webhook status` and the gauges /metrics
 reads at scrape time: one snapshot in one pipeline (for `status`, the consumers of each group in
 a second), what in it needs an operator's attention, and how both read on a terminal or as JSON.
+On Redis Cluster the snapshot adds up every partition's state, and says where each one lives.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import ResponseError
 
+from webhook.keys import Keys, entry_order
 from webhook.settings import Settings
 from webhook.stats import (
     QuotaUse,
@@ -42,10 +48,12 @@ class Group:
     name: str
     consumers: int
     pending: int
-    """Entries delivered to its consumers and not acknowledged yet."""
+    """Entries delivered to its consumers and not acknowledged yet (in every partition, as
+    the counts below)."""
     lag: int | None
     """Entries not delivered to it yet; None when Redis cannot tell (entries were deleted)."""
     last_delivered_id: str
+    """The latest any partition's stream delivered (`<id>@<n>` with several partitions)."""
     redriven: int = 0
     """Dead letters redriven to it (`vod-webhook deadletter redrive`) and not acknowledged yet:
     its own stream beside the shared one, outside `lag` and `pending`."""
@@ -54,11 +62,27 @@ class Group:
 
 
 @dataclass(frozen=True)
+class Partition:
+    """One partition's share of the state (one on plain Redis, VOD_WEBHOOK_PARTITIONS on a
+    cluster)."""
+
+    number: int
+    stream_length: int
+    dead_letters: int
+    pending_jobs: int
+    slot: int | None = None
+    """On a cluster: the hash slot all its keys are in."""
+    master: str | None = None
+    """On a cluster: the master serving that slot (host:port) when the snapshot was read."""
+
+
+@dataclass(frozen=True)
 class Status:
     now_ms: int
     """Redis's clock when the snapshot was read (stream ids and the limiter use it too)."""
     stream_length: int
     oldest_entry_id: str | None
+    """Of every partition's stream (`<id>@<n>` with several partitions)."""
     groups: tuple[Group, ...]
     dead_letters: int
     pending_jobs: int
@@ -69,6 +93,7 @@ class Status:
     quotas: tuple[QuotaUse, ...]
     submissions: tuple[SubmissionCount, ...]
     reconcile: ReconcilePasses
+    partitions: tuple[Partition, ...] = ()
 
     @property
     def oldest_entry_age_seconds(self) -> float | None:
@@ -90,46 +115,129 @@ class Status:
 
 
 async def read_status(store: Store, *, consumers: bool = False) -> Status:
-    """The snapshot, in one round trip (two when there are consumer groups: what was redriven
-    to each and, with `consumers`, its consumers, as `status` shows them); StoreUnavailable
-    when Redis does not answer within the call deadline."""
-    keys = store.shared
+    """The snapshot of every partition, in one round trip (on a cluster, one per master; one
+    more when there are consumer groups: what was redriven to each and, with `consumers`, its
+    consumers, as `status` shows them); StoreUnavailable when Redis does not answer within the
+    call deadline."""
+    layout = store.layout
     with unavailable():
         async with asyncio.timeout(CALL_DEADLINE_SECONDS):
             async with store.redis.pipeline(transaction=False) as pipe:
-                pipe.time()
-                pipe.xinfo_stream(keys.stream)
-                pipe.xinfo_groups(keys.stream)
-                pipe.xlen(keys.dead_letter)
-                pipe.zcard(keys.pending)
-                pipe.zrange(keys.pending, 0, 0, withscores=True)
-                pipe.zcard(keys.verify_queue)
-                pipe.hgetall(keys.submission_stats)
-                pipe.hgetall(keys.limiter_stats)
-                pipe.hgetall(keys.reconcile_stats)
-                replies = await pipe.execute(raise_on_error=False)
-            now, stream, groups, dead, pending, oldest, held, submitted, limiter, passes = (
-                _answer(reply) for reply in replies
-            )
-            group_list = [_group(g) for g in groups or []]
-            if group_list:
-                group_list = await _with_details(store, group_list, consumers=consumers)
-    seconds, micros = now
-    first = (stream or {}).get("first-entry")
+                pipe.hgetall(layout.shared.limiter_stats)
+                pipe.hgetall(layout.shared.reconcile_stats)
+                for keys in layout.keys:
+                    _read_partition(pipe, keys)
+                (seconds, micros), replies = await _with_clock(store, pipe)
+            limiter, passes, *per_partition = (_answer(reply) for reply in replies)
+            reads = [
+                _PartitionRead(
+                    keys, *per_partition[n * _PARTITION_READS : (n + 1) * _PARTITION_READS]
+                )
+                for n, keys in enumerate(layout.keys)
+            ]
+            groups = [[_group(g, layout.qualify(read.keys, "")) for g in read.groups or []]
+                      for read in reads]  # fmt: skip
+            if any(groups):
+                groups = await _with_details(store, groups, consumers=consumers)
+    firsts = (
+        layout.qualify(read.keys, read.first_entry_id) for read in reads if read.first_entry_id
+    )
+    oldest_entry = min(firsts, key=_order, default=None)
+    oldest_job = min((read.oldest[0] for read in reads if read.oldest),
+                     key=lambda job: job[1], default=None)  # fmt: skip
     return Status(
         now_ms=seconds * 1000 + micros // 1000,
-        stream_length=(stream or {}).get("length", 0),
-        oldest_entry_id=first[0] if first else None,
-        groups=tuple(group_list),
-        dead_letters=dead,
-        pending_jobs=pending,
-        oldest_pending_job=oldest[0][0] if oldest else None,
-        oldest_submitted_ms=int(oldest[0][1]) if oldest else None,
-        held_outcomes=held,
+        stream_length=sum(read.stream_length for read in reads),
+        oldest_entry_id=oldest_entry,
+        groups=_merged(groups),
+        dead_letters=sum(read.dead for read in reads),
+        pending_jobs=sum(read.pending for read in reads),
+        oldest_pending_job=oldest_job[0] if oldest_job else None,
+        oldest_submitted_ms=int(oldest_job[1]) if oldest_job else None,
+        held_outcomes=sum(read.held for read in reads),
         quotas=tuple(quota_uses(limiter, seconds * 1_000_000 + micros)),
-        submissions=tuple(submission_counts(submitted)),
+        submissions=tuple(submission_counts(_summed(read.submitted for read in reads))),
         reconcile=reconcile_passes(passes),
+        partitions=tuple(_partition(store, read) for read in reads),
     )
+
+
+async def _with_clock(
+    store: Store, pipe: Pipeline | ClusterPipeline
+) -> tuple[tuple[int, int], list[Any]]:
+    """Redis's clock and the pipeline's replies: TIME in the pipeline on one server; beside it
+    on a cluster, whose pipelines refuse a command without a key to route it by."""
+    if isinstance(pipe, ClusterPipeline):
+        now, replies = await asyncio.gather(store.redis.time(), pipe.execute(raise_on_error=False))
+        return now, replies
+    pipe.time()
+    *replies, now = await pipe.execute(raise_on_error=False)
+    return now, replies
+
+
+# How many replies `_read_partition` queues.
+_PARTITION_READS = 7
+
+
+def _read_partition(pipe: Pipeline | ClusterPipeline, keys: Keys) -> None:
+    """Queue the reads of one partition's state, as `_PartitionRead` takes their replies. Its
+    submission stats are among them: partition 0's hash holds the counts no job owns (refused
+    and failed calls) beside its jobs' submissions."""
+    pipe.xinfo_stream(keys.stream)
+    pipe.xinfo_groups(keys.stream)
+    pipe.xlen(keys.dead_letter)
+    pipe.zcard(keys.pending)
+    pipe.zrange(keys.pending, 0, 0, withscores=True)
+    pipe.zcard(keys.verify_queue)
+    pipe.hgetall(keys.submission_stats)
+
+
+@dataclass(frozen=True)
+class _PartitionRead:
+    """One partition's replies (None for XINFO on a stream not created yet)."""
+
+    keys: Keys
+    stream: dict[str, Any] | None
+    groups: list[dict[str, Any]] | None
+    dead: int
+    pending: int
+    oldest: list[tuple[str, float]]
+    held: int
+    submitted: dict[str, str]
+
+    @property
+    def stream_length(self) -> int:
+        return int((self.stream or {}).get("length", 0))
+
+    @property
+    def first_entry_id(self) -> str | None:
+        first = (self.stream or {}).get("first-entry")
+        return str(first[0]) if first else None
+
+
+def _partition(store: Store, read: _PartitionRead) -> Partition:
+    """A partition's part of the snapshot; on a cluster, where it lives."""
+    slot = master = None
+    if isinstance(store.redis, RedisCluster):
+        slot = store.redis.keyslot(read.keys.stream)
+        node = store.redis.get_node_from_key(read.keys.stream)
+        master = node.name if node is not None else None
+    return Partition(
+        number=read.keys.partition,
+        stream_length=read.stream_length,
+        dead_letters=read.dead,
+        pending_jobs=read.pending,
+        slot=slot,
+        master=master,
+    )
+
+
+def _summed(hashes: Iterable[dict[str, str]]) -> dict[str, str]:
+    """Counter hashes added up field by field (a field that is no count is left out)."""
+    totals: Counter[str] = Counter()
+    for fields in hashes:
+        totals.update({field: int(value) for field, value in fields.items() if value.isdigit()})
+    return {field: str(count) for field, count in totals.items()}
 
 
 def _answer(reply: Any) -> Any:
@@ -141,27 +249,40 @@ def _answer(reply: Any) -> Any:
     return reply
 
 
-def _group(info: dict[str, Any]) -> Group:
+def _group(info: dict[str, Any], suffix: str) -> Group:
+    """A group of XINFO GROUPS, of the partition whose ids end in `suffix` (Layout.qualify)."""
     return Group(
         name=str(info["name"]),
         consumers=int(info["consumers"]),
         pending=int(info["pending"]),
         lag=None if info.get("lag") is None else int(info["lag"]),
-        last_delivered_id=str(info["last-delivered-id"]),
+        last_delivered_id=str(info["last-delivered-id"]) + suffix,
     )
 
 
-async def _with_details(store: Store, groups: list[Group], *, consumers: bool) -> list[Group]:
-    """The groups with what was redriven to each and, if asked, their consumers."""
-    keys = store.shared
+def _order(envelope_id: str) -> tuple[int, ...]:
+    """An id's place in time, whichever partition it names."""
+    return entry_order(envelope_id.partition("@")[0])
+
+
+async def _with_details(
+    store: Store, groups: list[list[Group]], *, consumers: bool
+) -> list[list[Group]]:
+    """Each partition's groups (`groups[n]`: partition n's) with what was redriven to each in
+    that partition and, if asked, their consumers there."""
+    pairs = [
+        (keys, group)
+        for keys, mine in zip(store.layout.keys, groups, strict=True)
+        for group in mine
+    ]
     async with store.redis.pipeline(transaction=False) as pipe:
-        for group in groups:
+        for keys, group in pairs:
             pipe.xlen(keys.redrive(group.name))
             if consumers:
                 pipe.xinfo_consumers(keys.stream, group.name)
         replies = iter(await pipe.execute(raise_on_error=False))
-    result = []
-    for group in groups:
+    result: list[list[Group]] = [[] for _ in groups]
+    for keys, group in pairs:
         group = replace(group, redriven=_answer(next(replies)))
         if consumers:
             # A group destroyed between the two reads has no consumers left to show.
@@ -170,8 +291,48 @@ async def _with_details(store: Store, groups: list[Group], *, consumers: bool) -
             read = (Consumer(str(c["name"]), int(c["pending"]), int(c["idle"]) / 1000)
                     for c in members)  # fmt: skip
             group = replace(group, members=tuple(read))
-        result.append(group)
+        result[keys.partition].append(group)
     return result
+
+
+def _merged(groups: list[list[Group]]) -> tuple[Group, ...]:
+    """Each group once, over every partition's stream: its counts added up. A consumer reads
+    every partition under one name (see `webhook.client.consume`), so a group has as many
+    consumers as the partition with the most (as many as there are names, when they were
+    read), and a consumer is shown once, its pending entries added up and idle since it last
+    read any partition."""
+    by_name: dict[str, Group] = {}
+    for group in (group for mine in groups for group in mine):
+        seen = by_name.get(group.name)
+        by_name[group.name] = group if seen is None else _added(seen, group)
+    return tuple(by_name.values())
+
+
+def _added(one: Group, other: Group) -> Group:
+    """Two partitions' views of one group, as one."""
+    members = None
+    if one.members is not None and other.members is not None:
+        merged: dict[str, Consumer] = {c.name: c for c in one.members}
+        for c in other.members:
+            seen = merged.get(c.name)
+            merged[c.name] = (
+                c
+                if seen is None
+                else Consumer(
+                    c.name, seen.pending + c.pending, min(seen.idle_seconds, c.idle_seconds)
+                )
+            )
+        members = tuple(merged.values())
+    lag = None if one.lag is None or other.lag is None else one.lag + other.lag
+    return Group(
+        name=one.name,
+        consumers=len(members) if members is not None else max(one.consumers, other.consumers),
+        pending=one.pending + other.pending,
+        lag=lag,
+        last_delivered_id=max(one.last_delivered_id, other.last_delivered_id, key=_order),
+        redriven=one.redriven + other.redriven,
+        members=members,
+    )
 
 
 def reconcile_expected(status: Status, settings: Settings) -> bool:
@@ -246,6 +407,7 @@ def status_document(status: Status, settings: Settings) -> dict[str, Any]:
             "last_pass_age_seconds": status.last_pass_age_seconds,
             "interval_seconds": passes.interval_seconds,
         },
+        "partitions": [asdict(partition) for partition in status.partitions],
         "attention": needs_attention(status, settings),
     }
 
@@ -280,10 +442,21 @@ def status_lines(status: Status, settings: Settings) -> list[str]:
             f"{_duration(quota.wait_seconds)} waited in all; {now}")  # fmt: skip
     row("submissions", _submissions(status.submissions))
     row("reconciliation", _reconciliation(status, settings))
+    if status.partitions and (len(status.partitions) > 1 or status.partitions[0].slot is not None):
+        for partition in status.partitions:  # on plain Redis, the one partition is the totals
+            row("partition", _partition_line(partition))
     problems = needs_attention(status, settings)
     lines.append("needs attention:" if problems else "nothing needs attention")
     lines.extend(f"  - {problem}" for problem in problems)
     return lines
+
+
+def _partition_line(partition: Partition) -> str:
+    where = f", slot {partition.slot} on {partition.master}" if partition.slot is not None else ""
+    return (
+        f"{partition.number}: {partition.stream_length} entries, {partition.pending_jobs} "
+        f"pending jobs, {partition.dead_letters} dead letters{where}"
+    )
 
 
 def _submissions(counts: tuple[SubmissionCount, ...]) -> str:

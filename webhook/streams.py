@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from webhook.connection import RedisClient
 from webhook.keys import entry_order
 
 StreamEntries = list[tuple[str, dict[str, str]]]
+Item = TypeVar("Item")
 
 
 def read_entries(reply: Any) -> StreamEntries:
@@ -42,10 +43,10 @@ async def stream_fields(
 
 
 async def merged(
-    reads: list[AsyncIterator[tuple[str, str | None]]],
-) -> AsyncIterator[tuple[str, str | None]]:
-    """The entries of several streams' reads (each oldest first), merged oldest first by id."""
-    heads: list[tuple[tuple[int, ...], int, tuple[str, str | None]]] = []
+    reads: list[AsyncIterator[tuple[str, Item]]],
+) -> AsyncIterator[tuple[str, Item]]:
+    """(id, item) of several streams' reads (each oldest first), merged oldest first by id."""
+    heads: list[tuple[tuple[int, ...], int, tuple[str, Item]]] = []
     for number, read in enumerate(reads):
         if (entry := await anext(read, None)) is not None:
             heapq.heappush(heads, (entry_order(entry[0]), number, entry))
