@@ -157,7 +157,10 @@ async def test_with_wait_replicas_writes_are_answered_once_a_replica_has_them(
     """Without a replica every command of the batch fails (NotReplicated, the writes stay on
     the master); once a replica follows, the same pipeline answers, and the replica has them."""
     master = Redis.from_url(own_redis.url, decode_responses=True)
-    replica = RedisServer(None, "--replicaof", "127.0.0.1", str(own_redis.port))
+    # Loaded from the socket: nothing written where the suite runs.
+    replica = RedisServer(
+        None, "--replicaof", "127.0.0.1", str(own_redis.port), "--repl-diskless-load", "on-empty-db"
+    )
     pipeline = AutoPipeline(master, default_timeout=2, wait_replicas=1, wait_timeout_ms=100)
     try:
         with pytest.raises(NotReplicated, match="0 of 1 replicas acknowledged"):
