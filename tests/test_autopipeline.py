@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
@@ -152,14 +153,17 @@ async def _blocked_on(admin: Redis, name: str) -> bool:
 
 
 async def test_with_wait_replicas_writes_are_answered_once_a_replica_has_them(
-    own_redis: RedisServer,
+    tmp_path: Path,
 ) -> None:
     """Without a replica every command of the batch fails (NotReplicated, the writes stay on
     the master); once a replica follows, the same pipeline answers, and the replica has them."""
-    master = Redis.from_url(own_redis.url, decode_responses=True)
-    # Loaded from the socket: nothing written where the suite runs.
+    # The full sync starts at once, not after the default 5 s wait for more replicas.
+    primary = RedisServer(None, "--repl-diskless-sync-delay", "0")
+    primary.start()
+    master = Redis.from_url(primary.url, decode_responses=True)
+    # Its copy of the master's data in the test's own directory, not where the suite runs.
     replica = RedisServer(
-        None, "--replicaof", "127.0.0.1", str(own_redis.port), "--repl-diskless-load", "on-empty-db"
+        None, "--replicaof", "127.0.0.1", str(primary.port), "--dir", str(tmp_path)
     )
     pipeline = AutoPipeline(master, default_timeout=2, wait_replicas=1, wait_timeout_ms=100)
     try:
@@ -178,6 +182,7 @@ async def test_with_wait_replicas_writes_are_answered_once_a_replica_has_them(
         await pipeline.aclose()
         await master.aclose()
         replica.stop()
+        primary.stop()
 
 
 async def _linked(replica: Redis) -> bool:
