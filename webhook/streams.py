@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import AsyncIterator
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from webhook.connection import RedisClient
 from webhook.keys import entry_order
 
 StreamEntries = list[tuple[str, dict[str, str]]]
+Read = TypeVar("Read", bound=tuple[str, Any])
+"""What a read of one stream yields: the entry's id first."""
 
 
 def read_entries(reply: Any) -> StreamEntries:
@@ -41,11 +43,9 @@ async def stream_fields(
         after = entries[-1][0]
 
 
-async def merged(
-    reads: list[AsyncIterator[tuple[str, str | None]]],
-) -> AsyncIterator[tuple[str, str | None]]:
+async def merged(reads: list[AsyncIterator[Read]]) -> AsyncIterator[Read]:
     """The entries of several streams' reads (each oldest first), merged oldest first by id."""
-    heads: list[tuple[tuple[int, ...], int, tuple[str, str | None]]] = []
+    heads: list[tuple[tuple[int, ...], int, Read]] = []
     for number, read in enumerate(reads):
         if (entry := await anext(read, None)) is not None:
             heapq.heappush(heads, (entry_order(entry[0]), number, entry))
