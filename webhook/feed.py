@@ -270,6 +270,8 @@ class StreamFeed:
         self._closed = False
         self._positions: list[str] = []
         """The last entry read of each partition's stream, once known."""
+        self._following = asyncio.Event()
+        """Set once every partition's position is known, or the feed closed."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow())
@@ -277,6 +279,7 @@ class StreamFeed:
     def close(self) -> None:
         """End every connection's feed, now and from now on."""
         self._closed = True
+        self._following.set()  # no connection waits for a feed that will not come
         for subscription in self._subscriptions:
             subscription.end("shutdown")
 
@@ -292,12 +295,16 @@ class StreamFeed:
 
     @asynccontextmanager
     async def subscription(self) -> AsyncIterator[Subscription]:
+        """A connection's queue of live entries. Only once the feed follows every partition
+        (just after start-up; longer while Redis cannot be reached): an entry recorded before
+        that but after the caller's replay would reach it neither way."""
         subscription = Subscription(self._queue_size, self._queue_bytes)
         if self._closed:
             subscription.end("shutdown")
         self._subscriptions.add(subscription)
         self._metrics.stream_opened()
         try:
+            await self._following.wait()
             yield subscription
         finally:
             self._subscriptions.discard(subscription)
@@ -309,6 +316,7 @@ class StreamFeed:
         each one with a task of its own: on a cluster one read names one slot's keys only."""
         for keys in self._layout.keys:
             self._positions.append(await _retried(partial(self._newest, keys)))
+        self._following.set()
         await asyncio.gather(*(self._follow_partition(keys) for keys in self._layout.keys))
 
     async def _newest(self, keys: Keys) -> str:
