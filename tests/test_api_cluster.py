@@ -3,8 +3,9 @@ stream carries every partition's events, and its ids resume each partition exact
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from itertools import count
 from typing import Any
 
@@ -36,16 +37,33 @@ def jobs(per_partition: int, tag: str) -> list[str]:
     return [found[p][i] for i in range(per_partition) for p in range(PARTITIONS)]
 
 
+ClusterApi = Callable[..., Awaitable[tuple[str, Store]]]
+
+
 @pytest.fixture
-async def cluster_api(
+async def start_cluster_api(
     make_settings: Callable[..., Settings], serve_app: ServeApp, cluster_url: str
-) -> AsyncIterator[tuple[str, Store]]:
-    """The receiver with its read API on the cluster, in 3 partitions; and a store on it."""
-    settings = make_settings(redis_url=cluster_url, partitions=PARTITIONS, api_token=TOKEN)
-    base = await serve_app(lambda _: create_app(settings))
-    store = Store.from_settings(settings)
-    yield base, store
-    await store.close()
+) -> AsyncIterator[ClusterApi]:
+    """Serve the receiver with its read API on the cluster, in 3 partitions (and `overrides`);
+    returns its base URL and a store on the cluster."""
+    stores: list[Store] = []
+
+    async def start(**overrides: Any) -> tuple[str, Store]:
+        settings = make_settings(
+            redis_url=cluster_url, partitions=PARTITIONS, api_token=TOKEN, **overrides
+        )
+        base = await serve_app(lambda _: create_app(settings))
+        stores.append(Store.from_settings(settings))
+        return base, stores[-1]
+
+    yield start
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+async def cluster_api(start_cluster_api: ClusterApi) -> tuple[str, Store]:
+    return await start_cluster_api()
 
 
 async def record(store: Store, job_ids: list[str]) -> list[str]:
@@ -143,6 +161,33 @@ async def test_a_bad_since_or_last_event_id_is_a_400_saying_why(
             "error": "invalid_request",
             "detail": f"since / Last-Event-ID: {detail}",
         }
+
+
+async def test_a_client_cut_off_while_every_partition_is_written_catches_up_losslessly(
+    start_cluster_api: ClusterApi, http: httpx.AsyncClient
+) -> None:
+    """Replays and hand-overs racing the writes, resumed from ids of both kinds each time."""
+    base, store = await start_cluster_api(sse_queue_size=1)
+    job_ids = jobs(20, "busy")
+    recorded: list[str] = []
+    got: list[tuple[str, dict[str, Any]]] = []
+
+    async def produce() -> None:
+        recorded.extend(await record(store, job_ids))
+
+    async def read_all() -> None:
+        while len(got) < len(job_ids):
+            headers = {"Last-Event-ID": got[-1][0]} if got else {}
+            async with events(http, f"{base}/events?since=0", headers) as source:
+                async for event in source:
+                    got.append((event.id, json.loads(event.data)))
+                    if len(got) == len(job_ids):
+                        return
+
+    async with asyncio.timeout(20):
+        await asyncio.gather(produce(), read_all())
+    assert sorted(envelope["id"] for _, envelope in got) == sorted(recorded)  # none twice
+    check_ids(got)
 
 
 async def test_jobs_endpoint_reads_each_job_from_its_partition(
