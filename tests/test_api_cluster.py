@@ -148,6 +148,7 @@ async def test_last_event_id_of_a_middle_event_resumes_exactly_the_rest(
         ("1-0@3", "'1-0@3' names partition 3, and there are 3"),
         ("1-0@0,1-0@1,1-0@7", "'1-0@7' names partition 7, and there are 3"),
         ("1-0@0,x@1", "not a stream id (such as 1732476000000-0) or 0: '1-0@0,x@1'"),
+        (f"{2**64}-0@1", f"a stream id's parts are at most {2**64 - 1}: '{2**64}-0@1'"),
     ],
 )
 async def test_a_bad_since_or_last_event_id_is_a_400_saying_why(

@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope, Send
 from webhook.bearer import BearerToken
 from webhook.client import matches, stream_position
 from webhook.errors import BadRequest, NotFound, TooManyStreams
-from webhook.feed import Ended, Entry, Progress, StreamFeed, Subscription, history
+from webhook.feed import Ended, Entry, Progress, StreamFeed, Subscription, history, order_of
 from webhook.jobs import job_view
 from webhook.keys import Layout
 from webhook.settings import Settings
@@ -30,6 +30,8 @@ logger = structlog.get_logger("webhook.api")
 # Entries per read while replaying history: what a replaying connection holds at once (~2 MB
 # with the largest envelopes), not a whole 500-entry page per connection.
 REPLAY_PAGE = 32
+# What Redis takes in a stream id's parts: more is refused by XRANGE, which would end the stream.
+MAX_ID = 2**64 - 1
 
 
 class ReadApi:
@@ -111,6 +113,8 @@ class EventsQuery:
         since = request.headers.get("last-event-id") or request.query_params.get("since")
         try:
             after = layout.positions(stream_position(since)) if since is not None else None
+            if after is not None and max(part for at in after for part in order_of(at)) > MAX_ID:
+                raise ValueError(f"a stream id's parts are at most {MAX_ID}: {since!r}")
         except ValueError as exc:
             raise BadRequest(f"since / Last-Event-ID: {exc}") from None
         return cls(request.query_params.get("type"), request.query_params.get("job"), after)

@@ -120,7 +120,7 @@ class Progress:
 
     def __init__(self, layout: Layout, positions: list[str] | None) -> None:
         self.layout = layout
-        self.positions = positions
+        self.positions = None if positions is None else list(positions)
         """Its own positions, from `since` then its history; None once the feed's are as far,
         or from the start when it only streams live: the feed's event ids are then its own."""
 
@@ -138,7 +138,7 @@ class Progress:
         if entry.order <= order_of(own[entry.partition]):
             return None
         feed = self.layout.positions(entry.event_id)
-        # (max keeps the first of equals: the feed's)
+        # Ties go to the feed's (max keeps the first): `5` and `5-0` are one position.
         furthest = [max(theirs, mine, key=order_of) for mine, theirs in zip(own, feed, strict=True)]
         if furthest == feed:
             self.positions = None  # the feed has caught up with what history sent
