@@ -338,17 +338,18 @@ async def test_event_streams_are_counted_while_open_and_when_closed(
 
 async def test_a_stream_the_feed_ends_is_counted_with_its_reason(redis_client: Redis) -> None:
     from webhook.feed import Entry, StreamFeed
+    from webhook.keys import Layout
 
     metrics = Metrics(callback_path="/callbacks/vod", verify_outcomes=False)
-    feed = StreamFeed(
-        redis_client, "vod:stream", queue_size=2, queue_bytes=1 << 20, metrics=metrics
-    )
+    feed = StreamFeed(redis_client, Layout(), queue_size=2, queue_bytes=1 << 20, metrics=metrics)
+    feed.start()  # connections subscribe once it follows the stream
     async with feed.subscription() as lagging:
         for n in range(3):
             lagging.offer([Entry(f"{n}-0", "{}")])
         assert metrics.registry.get_sample_value("vod_webhook_sse_clients") == 1
     async with feed.subscription():
         feed.close()
+    await feed.stop()
     assert metrics.registry.get_sample_value("vod_webhook_sse_clients") == 0
     for reason, count in (("lagging", 1), ("shutdown", 1), ("client_closed", 0)):
         value = metrics.registry.get_sample_value(

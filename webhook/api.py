@@ -19,8 +19,9 @@ from starlette.types import Receive, Scope, Send
 from webhook.bearer import BearerToken
 from webhook.client import matches, stream_position
 from webhook.errors import BadRequest, NotFound, TooManyStreams
-from webhook.feed import Ended, Entry, StreamFeed, Subscription, history
+from webhook.feed import Ended, Entry, Progress, StreamFeed, Subscription, history, order_of
 from webhook.jobs import job_view
+from webhook.keys import Layout
 from webhook.settings import Settings
 from webhook.store import Store
 
@@ -29,6 +30,8 @@ logger = structlog.get_logger("webhook.api")
 # Entries per read while replaying history: what a replaying connection holds at once (~2 MB
 # with the largest envelopes), not a whole 500-entry page per connection.
 REPLAY_PAGE = 32
+# What Redis takes in a stream id's parts: more is refused by XRANGE, which would end the stream.
+MAX_ID = 2**64 - 1
 
 
 class ReadApi:
@@ -50,7 +53,7 @@ class ReadApi:
 
     async def events(self, request: Request) -> Response:
         self.token.check(request)
-        query = EventsQuery.of(request)
+        query = EventsQuery.of(request, self.store.layout)
         if self.feed.connections >= self.max_event_streams:
             raise TooManyStreams(
                 f"{self.max_event_streams} event streams are open on this process; "
@@ -59,16 +62,13 @@ class ReadApi:
         return _FeedResponse(self.feed, partial(self.stream, query), self.heartbeat_seconds)
 
     async def stream(self, query: EventsQuery, live: Subscription) -> AsyncIterator[bytes]:
-        """History after `query.after`, then live entries: what `query` wants of each."""
+        """History after `query.after` in every partition, then live entries: what `query`
+        wants of each. Each partition's entries come in order, the partitions interleaved."""
+        progress = Progress(self.store.layout, query.after)
         # Live entries queue up while history is replayed, so the hand-over loses nothing.
-        last = (0, -1)
         if query.after is not None:
-            store = self.store
             try:
-                async for entry in history(
-                    store.redis, store.shared.stream, query.after, REPLAY_PAGE
-                ):
-                    last = entry.order
+                async for entry in history(self.store.redis, progress, REPLAY_PAGE):
                     if query.wants(entry):
                         yield entry.sse
             except (RedisError, OSError) as exc:
@@ -80,8 +80,13 @@ class ReadApi:
                 batch = await live.next()  # at most WRITE_BYTES of events
             except Ended:
                 return  # the client reconnects with Last-Event-ID and catches up
-            # One write for up to WRITE_BYTES of events, each encoded once for all clients.
-            chunk = [entry.sse for entry in batch if entry.order > last and query.wants(entry)]
+            # One write for up to WRITE_BYTES of events, each encoded once for all clients
+            # (but during the hand-over from history).
+            chunk = [
+                sse
+                for entry in batch
+                if (sse := progress.live(entry)) is not None and query.wants(entry)
+            ]
             if chunk:
                 yield b"".join(chunk)  # one item: joined without a copy
 
@@ -101,13 +106,15 @@ class EventsQuery:
 
     event_type: str | None
     job_id: str | None
-    after: str | None  # a stream id: replay what came after it first
+    after: list[str] | None  # each partition's stream id: replay what came after it first
 
     @classmethod
-    def of(cls, request: Request) -> EventsQuery:
+    def of(cls, request: Request, layout: Layout) -> EventsQuery:
         since = request.headers.get("last-event-id") or request.query_params.get("since")
         try:
-            after = stream_position(since) if since is not None else None
+            after = layout.positions(stream_position(since)) if since is not None else None
+            if after is not None and max(part for at in after for part in order_of(at)) > MAX_ID:
+                raise ValueError(f"a stream id's parts are at most {MAX_ID}: {since!r}")
         except ValueError as exc:
             raise BadRequest(f"since / Last-Event-ID: {exc}") from None
         return cls(request.query_params.get("type"), request.query_params.get("job"), after)

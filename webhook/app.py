@@ -56,7 +56,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
     feed = (
         StreamFeed(
             store.redis,
-            store.shared.stream,
+            store.layout,
             queue_size=settings.sse_queue_size,
             queue_bytes=settings.sse_queue_bytes,
             metrics=metrics,

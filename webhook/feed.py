@@ -1,15 +1,22 @@
-"""One follower of the stream per process, feeding every `/events` connection through its own
-bounded queue: a slow client is cut off (and resumes from the stream with Last-Event-ID), and
-never slows Redis, the receiver or the other clients. On shutdown every feed is ended, so the
-server's drain is not held up by streams that never end by themselves."""
+"""One follower of each partition's stream per process, feeding every `/events` connection
+through its own bounded queue: a slow client is cut off (and resumes from the streams with
+Last-Event-ID), and never slows Redis, the receiver or the other clients. On shutdown every feed
+is ended, so the server's drain is not held up by streams that never end by themselves.
+
+Order: each partition's entries come in their stream's order; entries of different partitions
+(several only on Redis Cluster) are interleaved as the followers read them, by arrival. An
+event's id says where the connection is in every partition's stream (see StreamFeed), so a
+client that resumes with it gets exactly what it has not had, whatever the interleaving.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from typing import cast
+from functools import partial
+from typing import NoReturn, TypeVar, cast
 
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -17,10 +24,12 @@ from redis.exceptions import RedisError
 from sse_starlette import ServerSentEvent
 
 from webhook.connection import RedisClient
+from webhook.keys import Keys, Layout
 from webhook.metrics import Metrics
-from webhook.streams import StreamEntries, read_entries, stream_entries
+from webhook.streams import StreamEntries, merged, read_entries, stream_entries
 
 logger = structlog.get_logger("webhook.feed")
+T = TypeVar("T")
 
 # Under load the follower hands entries over in rounds at most this often: each `/events`
 # connection then costs one wake-up and one write per round, not per envelope, so the read API's
@@ -43,16 +52,21 @@ class Route(BaseModel):
 
 
 class Entry:
-    """One stream entry, shared by every connection: encoded, and routed, at most once."""
+    """One stream entry, shared by every connection: encoded, and routed, at most once. `id` is
+    its envelope's id (`<stream id>@<partition>` with several partitions), `event_id` the id
+    its Server-Sent Event carries (the envelope's id unless told)."""
 
-    __slots__ = ("_route", "_routed", "body", "id", "order", "size", "sse")
+    __slots__ = ("_route", "_routed", "body", "event_id", "id", "order", "partition", "size", "sse")
 
-    def __init__(self, entry_id: str, body: str) -> None:
-        self.id = entry_id
+    def __init__(
+        self, envelope_id: str, body: str, partition: int = 0, event_id: str | None = None
+    ) -> None:
+        self.id = envelope_id
         self.body = body
-        milliseconds, _, sequence = entry_id.partition("-")
-        self.order = (int(milliseconds), int(sequence or 0))
-        self.sse = encode_event(entry_id, body)
+        self.partition = partition
+        self.order = order_of(envelope_id.partition("@")[0])
+        self.event_id = event_id or envelope_id
+        self.sse = encode_event(self.event_id, body)
         # What this entry keeps alive: its text and its encoding (ASCII-sized, as envelopes
         # almost all are).
         self.size = len(body) + len(self.sse)
@@ -68,6 +82,12 @@ class Entry:
             except ValidationError as exc:
                 unreadable(self.id, f"not an envelope: {exc.errors(include_url=False)[0]['msg']}")
         return self._route
+
+
+def order_of(entry_id: str) -> tuple[int, int]:
+    """A stream id's place in its stream (`5` is `5-0`, as XRANGE reads it)."""
+    milliseconds, _, sequence = entry_id.partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def encode_event(entry_id: str, data: str) -> bytes:
@@ -93,14 +113,65 @@ def unreadable(entry_id: str, detail: str) -> None:
     logger.warning("feed_entry_skipped", id=entry_id, detail=detail)
 
 
-async def history(redis: RedisClient, stream: str, after: str, page: int) -> AsyncIterator[Entry]:
-    """The entries after `after`, oldest first, read `page` at a time (what a replaying
-    connection holds at once); those without an envelope are skipped."""
-    async for entry_id, body in stream_entries(redis, stream, after, page):
+class Progress:
+    """Where one connection is in every partition's stream, and the event ids that say so: each
+    names every partition's position as of its event (`Layout.cursor`; the stream id itself with
+    one partition), so a client resuming with it misses nothing and gets nothing twice."""
+
+    def __init__(self, layout: Layout, positions: list[str] | None) -> None:
+        self.layout = layout
+        self.positions = None if positions is None else list(positions)
+        """Its own positions, from `since` then its history; None once the feed's are as far,
+        or from the start when it only streams live: the feed's event ids are then its own."""
+
+    def advance(self, partition: int, entry_id: str) -> str:
+        """Move past a replayed entry; the event id that says so."""
+        assert self.positions is not None
+        self.positions[partition] = entry_id
+        return self.layout.cursor(self.positions)
+
+    def live(self, entry: Entry) -> bytes | None:
+        """The event of a live entry for this connection, or None if its history had it."""
+        own = self.positions
+        if own is None:
+            return entry.sse  # the steady state: shared by every connection
+        if entry.order <= order_of(own[entry.partition]):
+            return None
+        feed = self.layout.positions(entry.event_id)
+        # Ties go to the feed's (max keeps the first): `5` and `5-0` are one position.
+        furthest = [max(theirs, mine, key=order_of) for mine, theirs in zip(own, feed, strict=True)]
+        if furthest == feed:
+            self.positions = None  # the feed has caught up with what history sent
+            return entry.sse
+        # Its history read some partition further than the feed has yet: an id of its own.
+        self.positions = furthest
+        return encode_event(self.layout.cursor(furthest), entry.body)
+
+
+async def history(redis: RedisClient, progress: Progress, page: int) -> AsyncIterator[Entry]:
+    """The entries after `progress` in every partition, merged oldest first by id, each moving
+    `progress` on; `page` entries at a time are read in all (what a replaying connection holds
+    at once). Those without an envelope are skipped."""
+    layout, positions = progress.layout, progress.positions
+    assert positions is not None
+    per_read = max(page // layout.partitions, 1)
+    reads = [_partition_entries(redis, keys, after, per_read)
+             for keys, after in zip(layout.keys, positions, strict=True)]  # fmt: skip
+    async for entry_id, (keys, body) in merged(reads):
+        event_id = progress.advance(keys.partition, entry_id)
+        envelope_id = layout.qualify(keys, entry_id)
         if body is None:
-            unreadable(entry_id, "no envelope")
+            unreadable(envelope_id, "no envelope")
         else:
-            yield Entry(entry_id, body)
+            yield Entry(envelope_id, body, keys.partition, event_id)
+
+
+async def _partition_entries(
+    redis: RedisClient, keys: Keys, after: str, page: int
+) -> AsyncIterator[tuple[str, tuple[Keys, str | None]]]:
+    """A partition's entries after `after`, each with its partition (for `merged`)."""
+    async for entry_id, body in stream_entries(redis, keys.stream, after, page):
+        yield entry_id, (keys, body)
 
 
 class Ended(Exception):
@@ -175,10 +246,15 @@ class Subscription:
 
 
 class StreamFeed:
+    """Every partition's new entries, handed to every connection in one sequence: each partition
+    in its stream's order, the partitions interleaved by arrival. Each entry's event id is the
+    cursor of every partition's position as of it in that sequence (its stream id with one
+    partition), the same for every connection that streams live."""
+
     def __init__(
         self,
         redis: RedisClient,
-        stream: str,
+        layout: Layout,
         *,
         queue_size: int,
         queue_bytes: int,
@@ -186,12 +262,16 @@ class StreamFeed:
     ) -> None:
         self._redis = redis
         self._metrics = metrics
-        self._stream = stream
+        self._layout = layout
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._positions: list[str] = []
+        """The last entry read of each partition's stream, once known."""
+        self._following = asyncio.Event()
+        """Set once every partition's position is known, or the feed closed."""
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._follow())
@@ -199,6 +279,7 @@ class StreamFeed:
     def close(self) -> None:
         """End every connection's feed, now and from now on."""
         self._closed = True
+        self._following.set()  # no connection waits for a feed that will not come
         for subscription in self._subscriptions:
             subscription.end("shutdown")
 
@@ -214,12 +295,16 @@ class StreamFeed:
 
     @asynccontextmanager
     async def subscription(self) -> AsyncIterator[Subscription]:
+        """A connection's queue of live entries. Only once the feed follows every partition
+        (just after start-up; longer while Redis cannot be reached): an entry recorded before
+        that but after the caller's replay would reach it neither way."""
         subscription = Subscription(self._queue_size, self._queue_bytes)
         if self._closed:
             subscription.end("shutdown")
         self._subscriptions.add(subscription)
         self._metrics.stream_opened()
         try:
+            await self._following.wait()
             yield subscription
         finally:
             self._subscriptions.discard(subscription)
@@ -227,36 +312,57 @@ class StreamFeed:
             self._metrics.stream_closed(subscription.end_reason or "client_closed")
 
     async def _follow(self) -> None:
-        last: str | None = None
+        """Learn where each partition's stream ends (every event id names them all), then follow
+        each one with a task of its own: on a cluster one read names one slot's keys only."""
+        for keys in self._layout.keys:
+            self._positions.append(await _retried(partial(self._newest, keys)))
+        self._following.set()
+        await asyncio.gather(*(self._follow_partition(keys) for keys in self._layout.keys))
+
+    async def _newest(self, keys: Keys) -> str:
+        newest = cast(StreamEntries, await self._redis.xrevrange(keys.stream, count=1))
+        return newest[0][0] if newest else "0-0"
+
+    async def _follow_partition(self, keys: Keys) -> NoReturn:
         while True:
-            try:
-                if last is None:
-                    newest = cast(StreamEntries, await self._redis.xrevrange(self._stream, count=1))
-                    last = newest[0][0] if newest else "0-0"
-                # Short blocks keep each call inside the client's socket timeout.
-                answer = await self._redis.xread(
-                    {self._stream: last}, count=ROUND_ENTRIES, block=1000
-                )
-                entries = read_entries(answer)
-                batch = []
-                for entry_id, fields in entries:
-                    last = entry_id
-                    if not self._subscriptions:
-                        continue  # nobody to encode it for
-                    body = fields.get("envelope")
-                    if not isinstance(body, str):
-                        unreadable(entry_id, "no envelope")
-                        continue
-                    batch.append(Entry(entry_id, body))
-                if batch:
-                    for subscription in list(self._subscriptions):
-                        subscription.offer(batch)
-                    if len(entries) < ROUND_ENTRIES:  # else behind: no time to wait
-                        await asyncio.sleep(ROUND_SECONDS)
-            except (RedisError, OSError) as exc:
-                logger.warning("feed_interrupted", detail=str(exc))
-                await asyncio.sleep(1)
-            except Exception:
-                # Whatever it was, every /events client depends on this loop going on.
-                logger.exception("feed_failed")
-                await asyncio.sleep(1)
+            await _retried(partial(self._read_round, keys))
+
+    async def _read_round(self, keys: Keys) -> None:
+        """Read what came after the partition's last entry, and hand it to every connection."""
+        partition, layout, positions = keys.partition, self._layout, self._positions
+        # Short blocks keep each call inside the client's socket timeout.
+        answer = await self._redis.xread(
+            {keys.stream: positions[partition]}, count=ROUND_ENTRIES, block=1000
+        )
+        entries = read_entries(answer)
+        # No await from here to the offer: the positions each event id names are the feed's.
+        batch = []
+        for entry_id, fields in entries:
+            positions[partition] = entry_id
+            if not self._subscriptions:
+                continue  # nobody to encode it for
+            envelope_id = layout.qualify(keys, entry_id)
+            body = fields.get("envelope")
+            if not isinstance(body, str):
+                unreadable(envelope_id, "no envelope")
+                continue
+            batch.append(Entry(envelope_id, body, partition, layout.cursor(positions)))
+        if batch:
+            for subscription in list(self._subscriptions):
+                subscription.offer(batch)
+            if len(entries) < ROUND_ENTRIES:  # else behind: no time to wait
+                await asyncio.sleep(ROUND_SECONDS)
+
+
+async def _retried(step: Callable[[], Awaitable[T]]) -> T:
+    """What `step` returns, retried every second until it does: every /events client depends on
+    the feed going on."""
+    while True:
+        try:
+            return await step()
+        except (RedisError, OSError) as exc:
+            logger.warning("feed_interrupted", detail=str(exc))
+        except Exception:
+            # Whatever it was, the feed must go on.
+            logger.exception("feed_failed")
+        await asyncio.sleep(1)

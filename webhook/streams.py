@@ -11,7 +11,8 @@ from webhook.connection import RedisClient
 from webhook.keys import entry_order
 
 StreamEntries = list[tuple[str, dict[str, str]]]
-Item = TypeVar("Item")
+Read = TypeVar("Read", bound=tuple[str, Any])
+"""What a read of one stream yields: the entry's id first."""
 
 
 def read_entries(reply: Any) -> StreamEntries:
@@ -42,11 +43,9 @@ async def stream_fields(
         after = entries[-1][0]
 
 
-async def merged(
-    reads: list[AsyncIterator[tuple[str, Item]]],
-) -> AsyncIterator[tuple[str, Item]]:
-    """(id, item) of several streams' reads (each oldest first), merged oldest first by id."""
-    heads: list[tuple[tuple[int, ...], int, tuple[str, Item]]] = []
+async def merged(reads: list[AsyncIterator[Read]]) -> AsyncIterator[Read]:
+    """The entries of several streams' reads (each oldest first), merged oldest first by id."""
+    heads: list[tuple[tuple[int, ...], int, Read]] = []
     for number, read in enumerate(reads):
         if (entry := await anext(read, None)) is not None:
             heapq.heappush(heads, (entry_order(entry[0]), number, entry))
