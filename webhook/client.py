@@ -459,6 +459,9 @@ class _ConsumerLoop:
         await self.acknowledge(stream, entry_id)
 
     async def acknowledge(self, stream: str, entry_id: str) -> None:
+        if stream != self.redrive:  # one command: no transaction to set up (nor to break)
+            await self.redis.xack(stream, self.group, entry_id)
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             self.let_go(pipe, stream, entry_id)
             await pipe.execute()
