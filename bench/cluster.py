@@ -150,11 +150,10 @@ def summary(backend: Backend, rounds: list[Round]) -> dict[str, Any]:
 
     def per_round(r: Round) -> dict[str, float]:
         total = sum(r.callbacks.values())
-        busy = sum(r.cpu_s[p] for p in masters)
         return {
             "redis_us": masters_us(r),
             "busiest_us": busiest_us(r),
-            "others_us": (sum(r.cpu_s.values()) - busy) / total * 1e6,
+            "others_us": sum(r.cpu_s.values()) / total * 1e6 - masters_us(r),
             **{f"us:{p}": r.cpu_s[p] / r.callbacks[p] * 1e6 for p in masters},
             **{f"share:{p}": r.callbacks[p] / total for p in masters},
         }
@@ -191,13 +190,17 @@ FIGURES: dict[str, Callable[[Round], float]] = {
 
 def ratios(results: dict[str, list[Round]]) -> dict[str, dict[str, float]]:
     """Per-round ratios (neighbouring rounds ran under the same neighbours' load), medians."""
-    pairs = {"cluster p1 / single": ("p1", "single"), "p2 / p1": ("p2", "p1"),
-             "p3 / p1": ("p3", "p1")}  # fmt: skip
+    pairs = {
+        "cluster p1 / single": ("p1", "single"),
+        "p2 / p1": ("p2", "p1"),
+        "p3 / p1": ("p3", "p1"),
+    }
     out: dict[str, dict[str, float]] = {}
     for workers in WORKERS:
         for name, (top, bottom) in pairs.items():
-            paired = list(zip(results[f"{top}_{workers}"], results[f"{bottom}_{workers}"],
-                              strict=True))  # fmt: skip
+            paired = list(
+                zip(results[f"{top}_{workers}"], results[f"{bottom}_{workers}"], strict=True)
+            )
             out[f"{name}, {workers}w"] = {
                 figure: statistics.median(of(a) / of(b) for a, b in paired)
                 for figure, of in FIGURES.items()
@@ -212,8 +215,8 @@ def measure(seconds: float, rounds: int, folder: Path, cluster: LocalCluster) ->
     # The same persistence as the cluster's nodes (AOF, fsync always), without a replica.
     with RedisProcess(folder, aof=True) as single, ExitStack() as stack:
         single_client = stack.enter_context(single.client())
-        backends = [Backend("single", "single", single.url, 1, {single.port: ["vod:stream"]},
-                            lambda: single_client.flushall())]  # fmt: skip
+        streams = {single.port: [Layout().shared.stream]}
+        backends = [Backend("single", "single", single.url, 1, streams, single_client.flushall)]
         backends += [
             Backend(
                 f"p{n}", f"cluster p{n}", cluster.url, n, stream_keys(cluster, n), cluster.flush
@@ -303,8 +306,10 @@ def print_report(report: dict[str, Any]) -> None:
         "(Redis us/cb: the masters holding partitions, per callback; others: the replicas and "
         "idle masters, per callback; load: 1-min load average after the round)"
     )
-    print(f"\n{'ratio (median of per-round ratios)':34} {'req/s':>6} {'rcv us/cb':>9} "
-          f"{'Redis us/cb':>11} {'busiest master us/cb':>20}")  # fmt: skip
+    print(
+        f"\n{'ratio (median of per-round ratios)':34} {'req/s':>6} {'rcv us/cb':>9} "
+        f"{'Redis us/cb':>11} {'busiest master us/cb':>20}"
+    )
     for name, r in report["ratios"].items():
         print(
             f"{name:34} {r['req/s']:6.2f} {r['receiver us/cb']:9.2f} {r['redis us/cb']:11.2f} "
