@@ -336,8 +336,8 @@ def bottleneck(report: dict[str, Any]) -> str:
     # Every write is fsynced to the AOF before Redis answers it: the worker waits on the disk.
     return (
         f"The receiver was not CPU-bound (1 worker used {share:.0%} of a core): it waited on "
-        "Redis, which fsyncs every write to its AOF before answering (appendfsync always; "
-        "masters fsync side by side, see p3 / p1 req/s), or for a core (load average "
+        "Redis, which fsyncs every write to its AOF before answering (appendfsync always), "
+        "or for a core (load average "
         f"{report['load_average_end'].split()[0]} on {report['cores']} cores at the end)."
     )
 
