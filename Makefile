@@ -7,7 +7,7 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 # Test processes (pytest-xdist); each has its own redis-server. TEST_WORKERS=0 runs in one.
 TEST_WORKERS ?= 2
 
-.PHONY: run test bench faults floors lock redis-server wrk promtool
+.PHONY: run test bench bench-cluster faults floors lock redis-server wrk promtool
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(PYTHON) -c 'import sys; sys.exit("vod-webhook needs Python 3.11 or newer") if sys.version_info < (3, 11) else None'
@@ -37,6 +37,12 @@ COVERAGE ?= --cov --cov-report=term
 bench: $(STAMP) redis-server wrk
 	$(BIN)/python -m bench.receiver $(BENCH_ARGS)
 	$(BIN)/python -m bench.submit_rate
+
+## bench-cluster: the receiver (1 and 2 workers) on a local Redis Cluster (3 masters + 3
+## replicas) with 1, 2 and 3 partitions against a single redis-server of the same run: req/s,
+## latency, CPU, and Redis CPU per callback per master (.bench/cluster.json; BENCH_ARGS as above)
+bench-cluster: $(STAMP) redis-server wrk
+	$(BIN)/python -m bench.cluster $(BENCH_ARGS)
 
 ## faults: prove the guarantees under faults (Redis and receiver killed, Redis paused or out of
 ## memory, duplicate bursts) and fuzz every endpoint with 10,000 cases; prints the figures

@@ -27,6 +27,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -104,6 +105,13 @@ def lua_script(callback_url: str, auth_key: str, seconds: float) -> str:
 
 def wrk_available() -> bool:
     return shutil.which("wrk") is not None
+
+
+def generator() -> tuple[Callable[..., Round], str]:
+    """What runs a round of load, and its name: wrk, else the slower Python generator."""
+    if wrk_available():
+        return wrk_round, "wrk -t1"
+    return python_round, "python (wrk not found)"
 
 
 def _measured(

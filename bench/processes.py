@@ -37,7 +37,7 @@ def free_port() -> int:
         return port
 
 
-def _poll(ready: Callable[[], bool], what: str, timeout: float = START_SECONDS) -> None:
+def poll(ready: Callable[[], bool], what: str, timeout: float = START_SECONDS) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
         if time.monotonic() > deadline:
@@ -108,7 +108,7 @@ class RedisProcess(_Server):
              "--save", "", *persistence, "--loglevel", "warning"],
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
-        _poll(self.answers, f"redis-server on port {self.port}")
+        poll(self.answers, f"redis-server on port {self.port}")
 
     def answers(self) -> bool:
         client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
@@ -167,7 +167,7 @@ class Receiver(_Server):
                 stderr=log,
             )
         self.starts += 1
-        _poll(self.ready if wait_ready else self.listening, f"vod-webhook serve on {self.base}")
+        poll(self.ready if wait_ready else self.listening, f"vod-webhook serve on {self.base}")
 
     def _get(self, path: str) -> int | None:
         if self.process is not None and self.process.poll() is not None:
@@ -184,6 +184,12 @@ class Receiver(_Server):
 
     def listening(self) -> bool:
         return self._get("/healthz") == 200
+
+    def stores_opened(self) -> int:
+        """Workers that have opened the store (logged at the info level): a cluster's receiver
+        records its number of partitions then, and checks it against the one recorded."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text.count('"store_ready"')
 
     def tracebacks(self) -> int:
         """Log lines carrying a traceback (an unexpected exception in the receiver)."""
@@ -209,7 +215,7 @@ def started(args: list[str], probe: str, env: dict[str, str]) -> Iterator[subpro
                 return False
 
         try:
-            _poll(up, probe)
+            poll(up, probe)
             yield process
         finally:
             process.terminate()

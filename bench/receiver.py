@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -44,6 +44,7 @@ from bench.processes import (
     RedisProcess,
     SetupError,
     free_port,
+    poll,
     process_tree,
     rss_bytes,
     started,
@@ -75,11 +76,16 @@ def app(name: str, redis_url: str) -> Iterator[tuple[str, int]]:
 
 
 @contextmanager
-def receiver(redis_url: str, folder: Path, workers: int) -> Iterator[tuple[str, int]]:
+def receiver(
+    redis_url: str, log: Path, workers: int, partitions: int = 1
+) -> Iterator[tuple[str, int]]:
+    """`vod-webhook serve` once every worker has opened the store: its callback URL and pid."""
     # LOG_LEVEL=info is the default: one JSON line per callback, as in production.
-    log = folder / f"receiver-{workers}.log"
-    with Receiver(redis_url, log, workers=workers, log_level="info") as server:
+    with Receiver(
+        redis_url, log, workers=workers, log_level="info", partitions=str(partitions)
+    ) as server:
         assert server.process is not None
+        poll(lambda: server.stores_opened() >= workers, f"{workers} workers to open the store")
         yield server.callback_url, server.process.pid
         if server.tracebacks():
             raise SetupError(f"the receiver logged tracebacks; see {log}")
@@ -224,9 +230,7 @@ def redis_memory(client: redis.Redis, redis_url: str, callback_url: str) -> dict
 
 
 def measure(seconds: float, rounds: int, folder: Path) -> dict[str, Any]:
-    load_round: Callable[..., load.Round] = (
-        load.wrk_round if load.wrk_available() else load.python_round
-    )
+    load_round, generator = load.generator()
     with RedisProcess(folder, aof=False) as store, ExitStack() as stack:
         assert store.process is not None
         client = store.client()
@@ -234,8 +238,8 @@ def measure(seconds: float, rounds: int, folder: Path) -> dict[str, Any]:
         servers = {
             "bare": stack.enter_context(app("bare", store.url)),
             "evalsha": stack.enter_context(app("evalsha", store.url)),
-            "receiver": stack.enter_context(receiver(store.url, folder, 1)),
-            "receiver_2": stack.enter_context(receiver(store.url, folder, 2)),
+            "receiver": stack.enter_context(receiver(store.url, folder / "receiver-1.log", 1)),
+            "receiver_2": stack.enter_context(receiver(store.url, folder / "receiver-2.log", 2)),
         }
         results: dict[str, list[load.Round]] = {name: [] for name in servers}
         for n in range(rounds + 1):  # the first round warms up and is not counted
@@ -259,7 +263,7 @@ def measure(seconds: float, rounds: int, folder: Path) -> dict[str, Any]:
     medians = {name: median(runs) for name, runs in results.items()}
     paired = list(zip(results["receiver"], results["bare"], results["evalsha"], strict=True))
     return {
-        "generator": "wrk -t1" if load_round is load.wrk_round else "python (wrk not found)",
+        "generator": generator,
         "rounds": {name: [asdict(r) for r in runs] for name, runs in results.items()},
         "medians": medians,
         # Ratios per round (the rounds next to each other ran under the same neighbours' load).
@@ -352,20 +356,30 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"{row['target']:42} {row['limit']:>8} {row['measured']:9.2f}  {met}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def arguments(doc: str, json_default: str) -> argparse.Namespace:
+    """The options of the wrk benches (`--seconds`, `--rounds`, `--json`); warns without wrk."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--seconds", type=int, default=5, help="per round (default 5)")
     parser.add_argument("--rounds", type=int, default=3, help="default 3")
-    parser.add_argument("--json", type=Path, default=Path(".bench/report.json"))
+    parser.add_argument("--json", type=Path, default=Path(json_default))
     args = parser.parse_args()
     if not load.wrk_available():
         print(
             "wrk not found (make bench installs it with apt-get): load comes from a Python "
-            "generator, far slower than wrk; bare's rate is then the generator's",
+            "generator, far slower than wrk, which may then be the bottleneck",
             file=sys.stderr,
         )
+    return args
+
+
+def main() -> None:
+    args = arguments(__doc__, ".bench/report.json")
     started_at = datetime.now(UTC)
-    load_average = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    at_start = load_average()
     try:
         with tempfile.TemporaryDirectory() as folder:
             report = measure(args.seconds, args.rounds, Path(folder))
@@ -376,8 +390,8 @@ def main() -> None:
         "seconds": args.seconds,
         "rounds_run": args.rounds,
         "cores": os.cpu_count(),
-        "load_average": load_average,
-        "load_average_end": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+        "load_average": at_start,
+        "load_average_end": load_average(),
     }
     report["targets"] = targets(report)
     print_report(report)

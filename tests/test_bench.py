@@ -14,9 +14,10 @@ import httpx
 import pytest
 import redis
 
-from bench import load
+from bench import cluster, load
 from bench.processes import AUTH_KEY, Receiver, cpu_seconds, free_port, process_tree, started
 from tests.conftest import RedisServer
+from tests.topologies import LocalCluster
 from webhook.sender import sample_dynamic_image_event
 
 GENERATORS = [
@@ -68,6 +69,32 @@ def test_evalsha_baseline_records_a_job_with_the_current_script(own_redis: Redis
         assert client.hget("vod:job:bench-job-1", "status") == "success"
     finally:
         client.close()
+
+
+@pytest.mark.skipif(not load.wrk_available(), reason="wrk is not installed")
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("cluster_url")  # healed and flushed
+def test_cluster_bench_measures_every_configuration(
+    redis_cluster: LocalCluster, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One 1 s round (after the warm-up) per configuration; load._round raises on any error or
+    # non-2xx answer, cluster.measured on a callback not recorded.
+    report = cluster.measure(1, 1, tmp_path, redis_cluster)
+    report |= {"date": "now", "seconds": 1, "rounds_run": 1, "cores": 2}
+    report |= {"load_average": "0 0 0", "load_average_end": "0 0 0"}
+    cluster.print_report(report)
+    table = capsys.readouterr().out
+    assert report["placement"]["distinct"]  # {vod-0}, {vod-1}, {vod-2} on 3 masters
+    names = {
+        f"{backend}_{workers}" for backend in ("single", "p1", "p2", "p3") for workers in (1, 2)
+    }
+    assert set(report["medians"]) == names
+    for name, label in report["labels"].items():
+        assert f"\n{label} " in table
+        assert report["medians"][name]["receiver"]["requests"] > 0
+        # Each master holding partitions got its share of the callbacks.
+        assert all(m["share"] > 0 for m in report["medians"][name]["masters"].values())
+    assert len(report["medians"]["p3_1"]["masters"]) == 3
 
 
 def test_lua_script_signs_every_second_of_the_run() -> None:
