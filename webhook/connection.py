@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+import redis
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
@@ -25,6 +26,9 @@ from webhook.keys import DEFAULT_PREFIX, Layout
 
 RedisClient = Redis | RedisCluster
 """What the store, the commands and subscribers talk to."""
+
+# Sharded pub/sub with asyncio (what subscribers on a cluster use) came with redis-py 8.0.
+CLUSTER_NEEDS = (8, 0)
 
 CLUSTER_SCHEME = "redis+cluster"
 SENTINEL_SCHEME = "redis+sentinel"
@@ -88,6 +92,16 @@ def check_url(url: str) -> None:
                          "redis+sentinel://")  # fmt: skip
     if scheme in (CLUSTER_SCHEME, SENTINEL_SCHEME):
         parse_nodes(url)
+    if scheme == CLUSTER_SCHEME and not cluster_supported():
+        raise ValueError(
+            f"Redis Cluster needs redis-py {'.'.join(map(str, CLUSTER_NEEDS))} or newer "
+            f"(sharded pub/sub with asyncio); this is {redis.__version__}"
+        )
+
+
+def cluster_supported() -> bool:
+    """Whether this redis-py can talk to Redis Cluster as this project does."""
+    return tuple(int(part) for part in redis.__version__.split(".")[:2]) >= CLUSTER_NEEDS
 
 
 def is_cluster_url(url: str) -> bool:
@@ -110,6 +124,7 @@ def connect(url: str, *, timeout: float, max_connections: int) -> RedisClient:
     }
     scheme = url.partition("://")[0]
     if scheme == CLUSTER_SCHEME:
+        check_url(url)
         nodes = parse_nodes(url)
         return RedisCluster(
             startup_nodes=[ClusterNode(host, port) for host, port in nodes.addresses],

@@ -12,7 +12,6 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-import redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.cluster import RedisCluster
 
@@ -78,11 +77,6 @@ async def _messages(pubsub: PubSub) -> AsyncIterator[dict[str, Any]]:
 async def _shard_messages(
     cluster: RedisCluster, channels: list[str]
 ) -> AsyncIterator[tuple[str, Any]]:
-    if int(redis.__version__.split(".")[0]) < 8:
-        raise RuntimeError(
-            f"subscribing on Redis Cluster needs redis-py 8.0 or newer (sharded pub/sub with "
-            f"asyncio); this is {redis.__version__}"
-        )
     await cluster.initialize()  # the slots, to find each channel's master
     queue: asyncio.Queue[tuple[str, Any] | BaseException] = asyncio.Queue(_SHARD_QUEUE)
 
