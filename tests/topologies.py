@@ -560,6 +560,9 @@ class LocalSentinel:
             master = self.master_port()
             if port == master or port not in replica_ports(replication(master)):
                 return False
+            # The master may list it a moment before it says so itself.
+            if self._is_master(port):
+                return False
             return all(self._replica_ok(s, port) for s in self.sentinels)
 
         settle(reconfigured, f"{port} to be a replica again", self.describe)
