@@ -156,33 +156,45 @@ async def test_with_wait_replicas_writes_are_answered_once_a_replica_has_them(
     tmp_path: Path,
 ) -> None:
     """Without a replica every command of the batch fails (NotReplicated, the writes stay on
-    the master); once a replica follows, the same pipeline answers, and the replica has them."""
+    the master); once a replica follows, writes are answered, and the replica has them."""
     # The full sync starts at once, not after the default 5 s wait for more replicas.
     primary = RedisServer(None, "--repl-diskless-sync-delay", "0")
-    primary.start()
-    master = Redis.from_url(primary.url, decode_responses=True)
     # Its copy of the master's data in the test's own directory, not where the suite runs.
     replica = RedisServer(
         None, "--replicaof", "127.0.0.1", str(primary.port), "--dir", str(tmp_path)
     )
-    pipeline = AutoPipeline(master, default_timeout=2, wait_replicas=1, wait_timeout_ms=100)
+    primary.start()
+    master = Redis.from_url(primary.url, decode_responses=True)
+    follower = Redis.from_url(replica.url, decode_responses=True)
+    alone = AutoPipeline(master, default_timeout=2, wait_replicas=1, wait_timeout_ms=100)
+    # Generous: a loaded machine may take a while to pass an acknowledgement along.
+    pipeline = AutoPipeline(master, default_timeout=5, wait_replicas=1, wait_timeout_ms=3000)
     try:
         with pytest.raises(NotReplicated, match="0 of 1 replicas acknowledged"):
-            await pipeline.execute("SET", "before", "1")
+            await alone.execute("SET", "before", "1")
         replica.start()
-        follower = Redis.from_url(replica.url, decode_responses=True)
+        # In sync as the master sees it, and done loading what it was sent.
+        await eventually(lambda: _online_replicas(master, 1))
         await eventually(lambda: _linked(follower))
         assert await asyncio.gather(*(pipeline.execute("INCR", "n") for _ in range(50))) == list(
             range(1, 51)
         )
         assert await follower.get("n") == "50"  # answered: on the replica already
         assert await follower.get("before") == "1"
-        await follower.aclose()
     finally:
+        await alone.aclose()
         await pipeline.aclose()
         await master.aclose()
+        await follower.aclose()
         replica.stop()
         primary.stop()
+
+
+async def _online_replicas(master: Redis, count: int) -> bool:
+    """Whether the master counts `count` replicas in sync (what WAIT waits for)."""
+    info = await master.info("replication")
+    online = [v for k, v in info.items() if k.startswith("slave") and v["state"] == "online"]
+    return len(online) == count
 
 
 async def _linked(replica: Redis) -> bool:
