@@ -46,9 +46,15 @@ def test_submitted_jobs_come_back_correlated_from_every_partition(
             "\n".join(json.dumps({"video_id": f"v{n}", "template_id": "t"}) for n in range(12))
         )
         env = env_for(**cluster, vod_endpoint=f"http://127.0.0.1:{emulator_port}")
+        # `submit --wait` subscribes on the job's shard channel, then reads its partition.
+        waited = run("submit", "--video-id", "w", "--template-id", "t", "--wait", env=env)
+        assert waited.returncode == 0, waited.stderr
+        outcome = json.loads(waited.stdout)
+        assert outcome["status"] == "success"
+        assert outcome["submission"]["video_id"] == "w"
         submitted = run("submit", "--from-file", str(jobs_file), env=env)
         assert submitted.returncode == 0, submitted.stderr
-        job_ids = set(submitted.stdout.split())
+        job_ids = {*submitted.stdout.split(), outcome["job_id"]}
 
         for listener in (live, durable):
             wait_for(partial(_all_of, listener, job_ids), 30, "every outcome")
@@ -64,7 +70,7 @@ def test_submitted_jobs_come_back_correlated_from_every_partition(
     assert all(by_job[j]["source"] == "reconcile" for j in dropped)
     assert all(by_job[j]["verified"] is True for j in job_ids - dropped)
     partitions = {str(e["id"]).rpartition("@")[2] for e in seen(live)}
-    assert len(partitions) > 1, "12 jobs spread over several of the 3 partitions"
+    assert len(partitions) > 1, "13 jobs spread over several of the 3 partitions"
     assert partitions <= {"0", "1", "2"}
 
     replayed = run("replay", "--since", "0", env=env_for(**cluster))
