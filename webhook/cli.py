@@ -595,7 +595,8 @@ def _add_listen(commands: _Commands) -> None:
     parser.set_defaults(run_async=listen)
     parser.add_argument(
         "--channel",
-        help="pub/sub channel to follow (default {prefix}:events, every event); e.g. "
+        help="pub/sub channel to follow (default every event: {prefix}:events, or on Redis "
+        "Cluster each partition's {prefix-N}:events shard channel); e.g. "
         "vod:events:DynamicImageComplete or vod:jobs:JOB_ID",
     )
     parser.add_argument("--group", help="consume durably as this consumer group")
