@@ -123,22 +123,45 @@ def redis_url(redis_sync: redis.Redis, redis_server: RedisServer) -> str:
     return redis_server.url
 
 
-@pytest.fixture(scope="session")
-def redis_cluster() -> Iterator[LocalCluster]:
-    """A real Redis Cluster (3 masters, 3 replicas) of this worker's own, started by the first
-    test that asks for it (a few seconds) and stopped at the session's end."""
+# The passwords of the password-protected topologies: URL-reserved characters, to prove the
+# product's URLs carry them percent-encoded.
+DATA_PASSWORD = "data:p@ss/w0rd"
+SENTINEL_PASSWORD = "sentinel:p@ss&w0rd=1"
+
+
+def _cluster(password: str | None = None) -> Iterator[LocalCluster]:
     # Imported here: tests.topologies imports this module.
     from tests.topologies import LocalCluster
 
     if not cluster_supported():  # `make floors` runs an older redis-py
         pytest.skip(f"Redis Cluster needs redis-py 8.0 or newer; this is {redis.__version__}")
 
-    cluster = LocalCluster()
+    cluster = LocalCluster(password)
     cluster.start()
     try:
         yield cluster
     finally:
         cluster.stop()
+
+
+def _sentinel(
+    password: str | None = None, sentinel_password: str | None = None
+) -> Iterator[LocalSentinel]:
+    from tests.topologies import LocalSentinel
+
+    sentinel = LocalSentinel(password, sentinel_password)
+    sentinel.start()
+    try:
+        yield sentinel
+    finally:
+        sentinel.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A real Redis Cluster (3 masters, 3 replicas) of this worker's own, started by the first
+    test that asks for it (a few seconds) and stopped at the session's end."""
+    yield from _cluster()
 
 
 @pytest.fixture
@@ -154,14 +177,7 @@ def cluster_url(redis_cluster: LocalCluster) -> str:
 def redis_sentinel() -> Iterator[LocalSentinel]:
     """A real Sentinel set (master, replica, 3 sentinels watching "mymaster") of this worker's
     own, started by the first test that asks for it and stopped at the session's end."""
-    from tests.topologies import LocalSentinel
-
-    sentinel = LocalSentinel()
-    sentinel.start()
-    try:
-        yield sentinel
-    finally:
-        sentinel.stop()
+    yield from _sentinel()
 
 
 @pytest.fixture
@@ -171,6 +187,35 @@ def sentinel_url(redis_sentinel: LocalSentinel) -> str:
     redis_sentinel.ensure_healthy()
     redis_sentinel.flush()
     return redis_sentinel.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_auth() -> Iterator[LocalCluster]:
+    """As `redis_cluster`, every node asking DATA_PASSWORD; only for the tests that use it."""
+    yield from _cluster(DATA_PASSWORD)
+
+
+@pytest.fixture
+def cluster_auth_url(redis_cluster_auth: LocalCluster) -> str:
+    """`redis_cluster_auth`'s URL, with its password, healed and flushed."""
+    redis_cluster_auth.ensure_healthy()
+    redis_cluster_auth.flush()
+    return redis_cluster_auth.url
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel_auth() -> Iterator[LocalSentinel]:
+    """As `redis_sentinel`, the master and replica asking DATA_PASSWORD and the sentinels
+    SENTINEL_PASSWORD; only for the tests that use it."""
+    yield from _sentinel(DATA_PASSWORD, SENTINEL_PASSWORD)
+
+
+@pytest.fixture
+def sentinel_auth_url(redis_sentinel_auth: LocalSentinel) -> str:
+    """`redis_sentinel_auth`'s URL, with both passwords, healed and flushed."""
+    redis_sentinel_auth.ensure_healthy()
+    redis_sentinel_auth.flush()
+    return redis_sentinel_auth.url
 
 
 @pytest.fixture

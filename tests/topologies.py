@@ -1,5 +1,6 @@
 """Real local Redis topologies for tests: a Redis Cluster of 3 masters + 3 replicas and a
-Sentinel set (master, replica, 3 sentinels), each node a `redis-server` subprocess on loopback.
+Sentinel set (master, replica, 3 sentinels), each node a `redis-server` subprocess on loopback,
+with no password unless given one (then every helper here authenticates with it).
 
 Every wait polls the topology's state (never a fixed sleep) and, on timeout, fails with what
 the nodes reported, so a slow CI run says which node was not where it should be.
@@ -8,6 +9,7 @@ the nodes reported, so a slow CI run says which node was not where it should be.
 from __future__ import annotations
 
 import atexit
+import os
 import shutil
 import signal
 import socket
@@ -18,6 +20,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import redis
@@ -35,6 +38,9 @@ PERSISTENCE = ("--appendonly", "yes", "--appendfsync", "always", "--save", "")
 FAST_SYNC = ("--repl-diskless-sync-delay", "0")
 # Generous against a loaded CI machine; a healthy failover takes 2-4 s.
 TIMEOUT = 30.0
+# The password each password-protected node (data node or sentinel) asks of its clients, by
+# port: `connect` and `ask` use it, so every helper below works on either kind of topology.
+PASSWORDS: dict[int, str] = {}
 
 
 def binary(name: str) -> str:
@@ -59,7 +65,12 @@ def free_ports(count: int) -> list[int]:
 def connect(port: int) -> Iterator[redis.Redis]:
     # Short timeouts: a node being killed or restarted must not stall a poll for long.
     client = redis.Redis(
-        HOST, port, decode_responses=True, socket_timeout=2, socket_connect_timeout=1
+        HOST,
+        port,
+        password=PASSWORDS.get(port),
+        decode_responses=True,
+        socket_timeout=2,
+        socket_connect_timeout=1,
     )
     try:
         yield client
@@ -68,10 +79,13 @@ def connect(port: int) -> Iterator[redis.Redis]:
 
 
 def ask(port: int, *command: Any) -> Any:
-    """The reply to one command, or None if the node does not answer (down, loading, ...)."""
+    """The reply to one command, or None if the node does not answer (down, loading, ...).
+    A refused password is raised: a node that will never answer this helper is a bug here."""
     try:
         with connect(port) as client:
             return client.execute_command(*command)
+    except redis.AuthenticationError:
+        raise
     except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
         return None
 
@@ -135,11 +149,25 @@ class Node:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def server_args(port: int) -> list[str]:
+def server_args(port: int, password: str | None = None) -> list[str]:
+    """A data node's options; with a password, it asks it of clients and gives it to its
+    master (any node may be a replica after a failover)."""
+    auth = ["--requirepass", password, "--masterauth", password] if password else []
     return [
         "--port", str(port), "--bind", HOST, "--dir", ".", "--logfile", "redis.log",
-        "--loglevel", "notice", *PERSISTENCE, *FAST_SYNC,
+        "--loglevel", "notice", *PERSISTENCE, *FAST_SYNC, *auth,
     ]  # fmt: skip
+
+
+def userinfo(password: str | None) -> str:
+    """The `:password@` of the product's URLs (percent-encoded), or nothing."""
+    return f":{quote(password, safe='')}@" if password else ""
+
+
+def conf_value(text: str) -> str:
+    """`text` as one quoted argument of a redis.conf / sentinel.conf directive."""
+    assert not {'"', "\\"} & set(text), f"{text!r} needs escaping in a config file"
+    return f'"{text}"'
 
 
 def replication(port: int) -> dict[str, Any]:
@@ -225,19 +253,23 @@ def parse_info(text: str) -> dict[str, str]:
 
 
 class LocalCluster:
-    """A Redis Cluster of 6 nodes on loopback: 3 masters, each with one replica."""
+    """A Redis Cluster of 6 nodes on loopback: 3 masters, each with one replica; with a
+    `password`, every node asks it of clients (and of each other's replication links)."""
 
     SIZE = 6
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="vod-webhook-cluster-"))
+        self.password = password
         # Each node's cluster bus on a free port of its own (not port + 10000, which may be
         # taken or past 65535).
         ports = free_ports(2 * self.SIZE)
         self.nodes = {
-            port: Node(port, self.root, [*server_args(port), *self.cluster_args(bus)])
+            port: Node(port, self.root, [*server_args(port, password), *self.cluster_args(bus)])
             for port, bus in zip(ports[: self.SIZE], ports[self.SIZE :], strict=True)
         }
+        if password:
+            PASSWORDS.update(dict.fromkeys(self.nodes, password))
         self.seeds: list[int] = []
 
     @staticmethod
@@ -251,7 +283,8 @@ class LocalCluster:
     def url(self) -> str:
         """The product's URL: the three initial masters as seeds (still valid after failovers,
         since a replica answers with the slot map too)."""
-        return "redis+cluster://" + ",".join(f"{HOST}:{port}" for port in self.seeds)
+        hosts = ",".join(f"{HOST}:{port}" for port in self.seeds)
+        return f"redis+cluster://{userinfo(self.password)}{hosts}"
 
     def start(self) -> None:
         atexit.register(self.stop)  # should the session die before the fixture's teardown
@@ -264,10 +297,12 @@ class LocalCluster:
     def _create(self) -> None:
         for node in self.nodes.values():
             node.start()
+        # REDISCLI_AUTH is `-a` without its warning (nor the password in `ps`).
+        auth = {"REDISCLI_AUTH": self.password} if self.password else {}
         created = subprocess.run(
             [binary("redis-cli"), "--cluster", "create",
              *(f"{HOST}:{port}" for port in self.nodes), "--cluster-replicas", "1", "--cluster-yes"],
-            capture_output=True, text=True, timeout=TIMEOUT, check=False,
+            capture_output=True, text=True, timeout=TIMEOUT, check=False, env=os.environ | auth,
         )  # fmt: skip
         if created.returncode != 0:
             pytest.fail(f"redis-cli --cluster create failed:\n{created.stdout}{created.stderr}")
@@ -421,8 +456,9 @@ class LocalCluster:
 
     def stop(self) -> None:
         """Terminate every node and remove their directories."""
-        for node in self.nodes.values():
+        for port, node in self.nodes.items():
             node.stop()
+            PASSWORDS.pop(port, None)
         shutil.rmtree(self.root, ignore_errors=True)
         atexit.unregister(self.stop)
 
@@ -431,16 +467,28 @@ class LocalCluster:
 
 
 class LocalSentinel:
-    """A master, one replica and 3 sentinels (quorum 2) monitoring them as `mymaster`."""
+    """A master, one replica and 3 sentinels (quorum 2) monitoring them as `mymaster`.
 
-    def __init__(self) -> None:
+    With a `password`, the master and replica ask it of clients and of each other, and the
+    sentinels give it to them; with a `sentinel_password`, the sentinels ask that one of
+    clients and give it to each other."""
+
+    def __init__(self, password: str | None = None, sentinel_password: str | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="vod-webhook-sentinel-"))
+        self.password = password
+        self.sentinel_password = sentinel_password
         master, replica, *sentinels = free_ports(5)
-        self.data = {port: Node(port, self.root, server_args(port)) for port in (master, replica)}
+        self.data = {
+            port: Node(port, self.root, server_args(port, password)) for port in (master, replica)
+        }
         self.first_master = master
         self.sentinels = {
             port: Node(port, self.root, ["sentinel.conf", "--sentinel"]) for port in sentinels
         }
+        if password:
+            PASSWORDS.update(dict.fromkeys(self.data, password))
+        if sentinel_password:
+            PASSWORDS.update(dict.fromkeys(self.sentinels, sentinel_password))
 
     @property
     def nodes(self) -> dict[int, Node]:
@@ -448,11 +496,15 @@ class LocalSentinel:
 
     @property
     def url(self) -> str:
-        return (
-            "redis+sentinel://"
-            + ",".join(f"{HOST}:{port}" for port in self.sentinels)
-            + f"/{SERVICE}/0"
+        """The product's URL: the data nodes' password before the sentinels, the sentinels'
+        own as the `sentinel_password` option."""
+        options = (
+            f"?sentinel_password={quote(self.sentinel_password, safe='')}"
+            if self.sentinel_password
+            else ""
         )
+        hosts = ",".join(f"{HOST}:{port}" for port in self.sentinels)
+        return f"redis+sentinel://{userinfo(self.password)}{hosts}/{SERVICE}/0{options}"
 
     def start(self) -> None:
         atexit.register(self.stop)
@@ -484,9 +536,21 @@ class LocalSentinel:
                 f"sentinel down-after-milliseconds {SERVICE} 1000\n"
                 f"sentinel failover-timeout {SERVICE} 5000\n"
                 f"sentinel parallel-syncs {SERVICE} 1\n"
+                f"{self._auth_conf()}"
             )
             self._start(port)
         settle(self.healthy, "the sentinels to know each other", self.describe)
+
+    def _auth_conf(self) -> str:
+        """sentinel.conf's passwords: the data nodes' (auth-pass), and the sentinels' own,
+        asked of clients (requirepass) and given to the other sentinels (sentinel-pass)."""
+        lines = []
+        if self.password:
+            lines.append(f"sentinel auth-pass {SERVICE} {conf_value(self.password)}\n")
+        if self.sentinel_password:
+            value = conf_value(self.sentinel_password)
+            lines += [f"requirepass {value}\n", f"sentinel sentinel-pass {value}\n"]
+        return "".join(lines)
 
     def _start(self, port: int) -> None:
         self.nodes[port].start()
@@ -647,7 +711,8 @@ class LocalSentinel:
 
     def stop(self) -> None:
         """Terminate every process and remove their directories."""
-        for node in self.nodes.values():
+        for port, node in self.nodes.items():
             node.stop()
+            PASSWORDS.pop(port, None)
         shutil.rmtree(self.root, ignore_errors=True)
         atexit.unregister(self.stop)

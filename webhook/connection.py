@@ -119,7 +119,7 @@ def connect(url: str, *, timeout: float, max_connections: int) -> RedisClient:
     settings: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
-        "retry": Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+        "retry": _retry_once(),
         "decode_responses": True,
     }
     scheme = url.partition("://")[0]
@@ -143,6 +143,9 @@ def connect(url: str, *, timeout: float, max_connections: int) -> RedisClient:
                 "password": options.get("sentinel_password"),
                 "socket_timeout": timeout,
                 "socket_connect_timeout": timeout,
+                # As the master's: redis-py's default backs off for seconds before giving up on
+                # a Sentinel that is down or refuses the password, when the next one may answer.
+                "retry": _retry_once(),
             },
         )
         master: Redis = sentinel.master_for(
@@ -160,6 +163,11 @@ def connect(url: str, *, timeout: float, max_connections: int) -> RedisClient:
         url, max_connections=max_connections, timeout=timeout, **settings
     )
     return Redis.from_pool(pool)
+
+
+def _retry_once() -> Retry:
+    """Retry a command once, at once, on a fresh connection when the pooled one died."""
+    return Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
 
 
 class _SentinelPool(SentinelConnectionPool):

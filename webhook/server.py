@@ -13,6 +13,7 @@ from pathlib import Path
 import structlog
 import uvicorn
 from prometheus_client.multiprocess import mark_process_dead
+from redis.asyncio.sentinel import MasterNotFoundError, SentinelConnectionPool
 from redis.exceptions import (
     AuthenticationError,
     RedisClusterException,
@@ -23,7 +24,7 @@ from starlette.applications import Starlette
 from uvicorn.supervisors import Multiprocess
 
 from webhook.app import create_app
-from webhook.connection import connect
+from webhook.connection import RedisClient, connect
 from webhook.http_limits import ClientLimits, LimitedConfig
 from webhook.logs import configure_logging
 from webhook.settings import ConfigError, Settings, check_receiver_settings, safe_url
@@ -52,16 +53,20 @@ def check_redis(url: str, timeout: float) -> None:
         client = connect(url, timeout=timeout, max_connections=2)
         try:
             await client.ping()
+        except MasterNotFoundError:
+            await _check_sentinels(client, url)
+            raise
         finally:
             await client.aclose()
 
     try:
         asyncio.run(ping())
-    except (AuthenticationError, ResponseError) as exc:
-        raise ConfigError(
-            f"VOD_WEBHOOK_REDIS_URL: {safe_url(url)} refuses this client: {exc}"
-        ) from None
     except (RedisError, RedisClusterException, OSError) as exc:
+        refusal = _refusal(exc)
+        if refusal is not None:
+            raise ConfigError(
+                f"VOD_WEBHOOK_REDIS_URL: {safe_url(url)} refuses this client: {refusal}"
+            ) from None
         logger.warning(
             "redis_unreachable",
             variable="VOD_WEBHOOK_REDIS_URL",
@@ -69,6 +74,34 @@ def check_redis(url: str, timeout: float) -> None:
             error=str(exc),
             detail="serving anyway: callbacks get 503 and /readyz stays down until it answers",
         )
+
+
+def _refusal(exc: BaseException) -> BaseException | None:
+    """The server's refusal behind `exc` (a wrong password, no such database), if it is one.
+    A cluster client wraps what its start-up nodes answered in a RedisClusterException."""
+    if isinstance(exc, RedisClusterException) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc if isinstance(exc, (AuthenticationError, ResponseError)) else None
+
+
+async def _check_sentinels(client: RedisClient, url: str) -> None:
+    """ConfigError if a Sentinel refuses the URL's sentinel_username / sentinel_password:
+    Sentinel's client, asking them for the master in vain, says only that it found none."""
+    pool = getattr(client, "connection_pool", None)
+    if not isinstance(pool, SentinelConnectionPool):
+        return
+    for sentinel in pool.sentinel_manager.sentinels:
+        try:
+            await sentinel.ping()
+        except AuthenticationError as exc:
+            address = sentinel.connection_pool.connection_kwargs
+            raise ConfigError(
+                f"VOD_WEBHOOK_REDIS_URL: {safe_url(url)}: the Sentinel at {address['host']}:"
+                f"{address['port']} refuses this client (sentinel_username, sentinel_password): "
+                f"{exc}"
+            ) from None
+        except RedisError:
+            continue  # down: another one may answer
 
 
 def server_config(settings: Settings, *, host: str, port: int, workers: int) -> uvicorn.Config:

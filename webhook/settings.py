@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
@@ -383,12 +384,22 @@ def layout_of(settings: Settings) -> Layout:
     return Layout(settings.key_prefix, settings.partitions, sharded=sharded)
 
 
+# An option naming a password: redis+sentinel's sentinel_password (and redis-py reads a
+# `password` option of redis:// URLs too).
+_PASSWORD_OPTION = re.compile(r"([?&][^=&#]*password=)[^&#]*", re.IGNORECASE)
+
+
 def safe_url(url: str) -> str:
-    """The URL without a password, for messages."""
-    if "@" not in url:
-        return url
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://***@{rest.rpartition('@')[2]}"
+    """The URL without its passwords (the user's, and any `...password=` option), for
+    messages."""
+    url = _PASSWORD_OPTION.sub(r"\1***", url)
+    base, question, query = url.partition("?")
+    if "@" not in base:
+        if "@" not in query:
+            return url
+        base, question, query = url, "", ""  # a "?" in an unencoded password: mask to the last @
+    scheme, _, rest = base.partition("://")
+    return f"{scheme}://***@{rest.rpartition('@')[2]}{question}{query}"
 
 
 def embedded_url(port: int) -> str:
