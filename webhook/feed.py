@@ -16,7 +16,7 @@ from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from functools import partial
-from typing import NoReturn, TypeVar, cast
+from typing import TypeVar, cast
 
 import structlog
 from pydantic import BaseModel, ValidationError
@@ -268,6 +268,7 @@ class StreamFeed:
         self._subscriptions: set[Subscription] = set()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._stopping = False
         self._positions: list[str] = []
         """The last entry read of each partition's stream, once known."""
         self._following = asyncio.Event()
@@ -284,6 +285,9 @@ class StreamFeed:
             subscription.end("shutdown")
 
     async def stop(self) -> None:
+        # Checked by the followers too: redis-py can lose a cancellation that lands in a
+        # blocking read, and a follower would then read on for ever.
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with suppress(asyncio.CancelledError):
@@ -315,7 +319,10 @@ class StreamFeed:
         """Learn where each partition's stream ends (every event id names them all), then follow
         each one with a task of its own: on a cluster one read names one slot's keys only."""
         for keys in self._layout.keys:
-            self._positions.append(await _retried(partial(self._newest, keys)))
+            newest = await self._retried(partial(self._newest, keys))
+            if newest is None:
+                return  # stopped
+            self._positions.append(newest)
         self._following.set()
         await asyncio.gather(*(self._follow_partition(keys) for keys in self._layout.keys))
 
@@ -323,9 +330,23 @@ class StreamFeed:
         newest = cast(StreamEntries, await self._redis.xrevrange(keys.stream, count=1))
         return newest[0][0] if newest else "0-0"
 
-    async def _follow_partition(self, keys: Keys) -> NoReturn:
-        while True:
-            await _retried(partial(self._read_round, keys))
+    async def _follow_partition(self, keys: Keys) -> None:
+        while not self._stopping:
+            await self._retried(partial(self._read_round, keys))
+
+    async def _retried(self, step: Callable[[], Awaitable[T]]) -> T | None:
+        """What `step` returns, retried every second until it does (every /events client
+        depends on the feed going on); None once the feed is stopped."""
+        while not self._stopping:
+            try:
+                return await step()
+            except (RedisError, OSError) as exc:
+                logger.warning("feed_interrupted", detail=str(exc))
+            except Exception:
+                # Whatever it was, the feed must go on.
+                logger.exception("feed_failed")
+            await asyncio.sleep(1)
+        return None
 
     async def _read_round(self, keys: Keys) -> None:
         """Read what came after the partition's last entry, and hand it to every connection."""
@@ -352,17 +373,3 @@ class StreamFeed:
                 subscription.offer(batch)
             if len(entries) < ROUND_ENTRIES:  # else behind: no time to wait
                 await asyncio.sleep(ROUND_SECONDS)
-
-
-async def _retried(step: Callable[[], Awaitable[T]]) -> T:
-    """What `step` returns, retried every second until it does: every /events client depends on
-    the feed going on."""
-    while True:
-        try:
-            return await step()
-        except (RedisError, OSError) as exc:
-            logger.warning("feed_interrupted", detail=str(exc))
-        except Exception:
-            # Whatever it was, the feed must go on.
-            logger.exception("feed_failed")
-        await asyncio.sleep(1)
