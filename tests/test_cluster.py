@@ -147,3 +147,9 @@ def test_sentinel_url_names_master_database_and_credentials() -> None:
         2,
     )
     assert nodes.options == {"sentinel_password": "sp"}
+
+
+def test_a_wait_for_replicas_must_fit_inside_the_redis_timeout() -> None:
+    with pytest.raises(ConfigError, match=r"VOD_WEBHOOK_REDIS_WAIT_TIMEOUT_MS: .*below"):
+        load_settings(_env_file=None, redis_timeout_seconds=1.0, redis_wait_timeout_ms=1000)
+    assert load_settings(_env_file=None, redis_wait_timeout_ms=1500).redis_wait_timeout_ms == 1500

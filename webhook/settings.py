@@ -130,7 +130,7 @@ class Settings(BaseSettings):
         ge=1,
         le=3_000,
         description="How long a batch waits for `REDIS_WAIT_REPLICAS` replicas before its "
-        "callbacks are answered 503.",
+        "callbacks are answered 503; below `REDIS_TIMEOUT_SECONDS`, which bounds the batch.",
     )
     shutdown_timeout_seconds: float = Field(
         10.0,
@@ -296,6 +296,19 @@ class Settings(BaseSettings):
             return None
         check_url(url)
         return url
+
+    @field_validator("redis_wait_timeout_ms")
+    @classmethod
+    def _wait_inside_the_redis_timeout(cls, timeout_ms: int, info: ValidationInfo) -> int:
+        if "redis_timeout_seconds" not in info.data:
+            return timeout_ms  # that one is reported invalid already
+        redis_ms = info.data["redis_timeout_seconds"] * 1000
+        if timeout_ms >= redis_ms:
+            raise ValueError(
+                f"must be below {ENV_PREFIX}REDIS_TIMEOUT_SECONDS ({redis_ms:g} ms), which "
+                "bounds a batch with its wait"
+            )
+        return timeout_ms
 
     @field_validator("partitions")
     @classmethod

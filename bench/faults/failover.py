@@ -86,6 +86,8 @@ async def _failover(
     receiver = Receiver(
         url, workdir / f"{name.split()[0].lower()}-failover.log",
         partitions=str(layout.partitions), redis_wait_replicas="1",
+        # Generous: on a loaded test machine a replica's acknowledgement can take 500 ms.
+        redis_wait_timeout_ms="1500",
     )  # fmt: skip
     redis = connect(url, timeout=2, max_connections=20)
 
