@@ -27,11 +27,12 @@ from starlette.routing import BaseRoute, Route
 from webhook.api import ReadApi
 from webhook.errors import StoreUnavailable, WebhookError
 from webhook.feed import StreamFeed
+from webhook.ingest import MnsIngest, ingest_from_settings
 from webhook.metrics import Metrics, ResponseMetrics
 from webhook.receiver import CallbackReceiver, json_response
 from webhook.reconcile import ReconcileOptions, run_reconciler
 from webhook.scrape import MetricsEndpoint
-from webhook.settings import Settings, check_receiver_settings, weak_auth_keys
+from webhook.settings import ConfigError, Settings, check_receiver_settings, weak_auth_keys
 from webhook.store import Store, UnsupportedRedis, unavailable
 from webhook.verify import VerifyOptions, drain_held, run_verifier
 from webhook.vod import Vod
@@ -64,6 +65,10 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
         if settings.api_token is not None
         else None
     )
+    # Built now so missing credentials stop start-up; checked against MNS as it starts.
+    ingest = (
+        ingest_from_settings(settings, store, metrics.mns_message) if settings.mns_queue else None
+    )
     receiver = CallbackReceiver(settings, store, metrics.callback)
     routes: list[BaseRoute] = [
         Route(settings.callback_path, receiver.receive, methods=["POST"]),
@@ -83,7 +88,7 @@ def create_app(settings: Settings, *, freeze_gc: bool = False) -> Starlette:
             HTTPException: _http_error,
             Exception: _unexpected_error,
         },
-        lifespan=Services(settings, store, vod, feed, metrics, freeze_gc=freeze_gc).run,
+        lifespan=Services(settings, store, vod, feed, metrics, ingest, freeze_gc=freeze_gc).run,
     )
 
 
@@ -116,6 +121,7 @@ class Services:
         vod: Vod | None,
         feed: StreamFeed | None,
         metrics: Metrics,
+        ingest: MnsIngest | None,
         *,
         freeze_gc: bool,
     ) -> None:
@@ -124,6 +130,7 @@ class Services:
         self.vod = vod
         self.feed = feed
         self.metrics = metrics
+        self.ingest = ingest
         self.freeze_gc = freeze_gc
 
     @asynccontextmanager
@@ -141,6 +148,9 @@ class Services:
             if self.feed is not None:
                 self.feed.start()
                 running.push_async_callback(self.feed.stop)
+            if self.ingest is not None:
+                running.push_async_callback(self.ingest.queue.aclose)
+                await self._check_queue(self.ingest)
             for work in self._background_work():
                 running.push_async_callback(_cancel, asyncio.create_task(work))
             yield
@@ -154,6 +164,13 @@ class Services:
             raise
         except StoreUnavailable as exc:  # readiness stays down until it answers
             logger.warning("store_unavailable", detail=exc.detail)
+
+    async def _check_queue(self, ingest: MnsIngest) -> None:
+        try:
+            await ingest.check()
+        except ConfigError as exc:  # a queue MNS refuses: the deployment is wrong, stop
+            logger.error("mns_refused", detail=str(exc))
+            raise
 
     def _warn_about_settings(self) -> None:
         if not self.settings.auth_keys:
@@ -181,6 +198,8 @@ class Services:
         if vod is not None and settings.reconcile:
             options = ReconcileOptions.from_settings(settings)
             work.append(run_reconciler(store, vod, **dataclasses.asdict(options)))
+        if self.ingest is not None:
+            work.append(self.ingest.run())
         return work
 
 

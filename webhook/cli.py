@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any, TypeAlias
 
@@ -31,8 +31,10 @@ from webhook.deadletters import (
 )
 from webhook.errors import StoreUnavailable
 from webhook.events import Envelope
+from webhook.ingest import ingest_from_settings
 from webhook.jobs import job_view, pending_with_ages
 from webhook.logs import configure_logging
+from webhook.mns import QUEUE_NAME, endpoint_problem
 from webhook.pubsub import channels_for
 from webhook.reconcile import ReconcileOptions, reconcile_once, run_reconciler
 from webhook.settings import (
@@ -494,13 +496,24 @@ async def reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def register(settings: Settings, args: argparse.Namespace) -> int:
+    http, mns = (args.callback_url, args.auth_key), (args.mns_endpoint, args.mns_queue)
+    if any(http) and any(mns):
+        return _fail("give --callback-url and --auth-key, or --mns-endpoint and --mns-queue: "
+                     "VOD has one callback per region", EXIT_USAGE)  # fmt: skip
+    if any(mns) and not all(mns):
+        return _fail("give --mns-endpoint and --mns-queue together", EXIT_USAGE)
+    if any(mns):
+        return await _register_mns(settings, args)
     async with _store(settings) as store:
         vod = Vod.from_settings(settings, store.redis)
         if args.show:
             print(json.dumps(masked_message_callback(await vod.get_message_callback())))
             return 0
-        if not args.callback_url or not args.auth_key:
-            return _fail("give --callback-url and --auth-key (or --show)", EXIT_USAGE)
+        if not all(http):
+            return _fail(
+                "give --callback-url and --auth-key, or --mns-endpoint and --mns-queue (or --show)",
+                EXIT_USAGE,
+            )
         key_refusal = auth_key_refusal(args.auth_key, allow_weak=settings.allow_weak_auth_keys)
         for option, problem in (
             ("--callback-url", callback_url_problem(args.callback_url)),
@@ -516,6 +529,47 @@ async def register(settings: Settings, args: argparse.Namespace) -> int:
         f"(request id {request_id}). Set VOD_WEBHOOK_CALLBACK_URL={args.callback_url} and "
         "VOD_WEBHOOK_AUTH_KEYS to the same key on the receiver."
     )
+    return 0
+
+
+async def _register_mns(settings: Settings, args: argparse.Namespace) -> int:
+    for option, problem in (
+        ("--mns-endpoint", endpoint_problem(args.mns_endpoint)),
+        ("--mns-queue", None if QUEUE_NAME.fullmatch(args.mns_queue) else "is not an MNS "
+         "queue name (a letter, then letters, digits or hyphens; at most 120)"),
+    ):  # fmt: skip
+        if problem:
+            return _fail(f"{option} {problem}", EXIT_USAGE)
+    async with _store(settings) as store:
+        vod = Vod.from_settings(settings, store.redis)
+        request_id = await vod.set_mns_callback(args.mns_endpoint, args.mns_queue, args.event_types)
+    print(
+        f"VOD now writes {', '.join(args.event_types)} into MNS queue {args.mns_queue} at "
+        f"{args.mns_endpoint} (request id {request_id}). Set VOD_WEBHOOK_MNS_ENDPOINT="
+        f"{args.mns_endpoint} and VOD_WEBHOOK_MNS_QUEUE={args.mns_queue}, then run "
+        "`vod-webhook ingest-mns` (or `serve`, which ingests it too)."
+    )
+    return 0
+
+
+async def ingest_mns(settings: Settings, args: argparse.Namespace) -> int:
+    async with _store(settings) as store:
+        ingest = ingest_from_settings(settings, store)
+        try:
+            await ingest.check()
+            print(
+                f"ingesting MNS queue {ingest.queue.name} at {ingest.queue.endpoint} into "
+                f"{safe_url(redis_url_of(settings))}",
+                file=sys.stderr,
+                flush=True,
+            )
+            running = asyncio.create_task(ingest.run())
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                asyncio.get_running_loop().add_signal_handler(sig, running.cancel)
+            with suppress(asyncio.CancelledError):
+                await running
+        finally:
+            await ingest.queue.aclose()
     return 0
 
 
@@ -559,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.set_defaults(run=None, run_async=None)  # each command sets one of them
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (_add_serve, _add_listen, _add_replay, _add_send_test, _add_submit, _add_jobs,
-                _add_status, _add_deadletter, _add_reconcile, _add_register,
+                _add_status, _add_deadletter, _add_reconcile, _add_ingest_mns, _add_register,
                 _add_emulator):  # fmt: skip
         add(commands)
     return parser
@@ -819,11 +873,25 @@ def _add_reconcile(commands: _Commands) -> None:
     )  # fmt: skip
 
 
+def _add_ingest_mns(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "ingest-mns",
+        help="take VOD's events from an MNS queue (VOD_WEBHOOK_MNS_ENDPOINT, _MNS_QUEUE)",
+        description="Long-poll the MNS queue VOD writes its events into (callback type MNS) and "
+        "record each event as the receiver records a callback (source 'mns'), deleting a "
+        "message only once it is recorded; run as many as you like. Configured by "
+        "VOD_WEBHOOK_MNS_* (see the README); AccessKey from the Alibaba Cloud default "
+        "credential chain. Runs until SIGINT or SIGTERM.",
+    )
+    parser.set_defaults(run_async=ingest_mns)
+
+
 def _add_register(commands: _Commands) -> None:
     parser = commands.add_parser(
         "register",
-        help="configure VOD's HTTP callback (SetMessageCallback)",
-        description="Point VOD's callbacks at the receiver, with signing on, through the API.",
+        help="configure VOD's callback (SetMessageCallback): HTTP or MNS",
+        description="Point VOD's callbacks at the receiver, with signing on (--callback-url "
+        "and --auth-key), or at an MNS queue (--mns-endpoint and --mns-queue), through the API.",
     )
     parser.set_defaults(run_async=register)
     parser.add_argument("--callback-url", help="the receiver's public callback URL")
@@ -839,6 +907,11 @@ def _add_register(commands: _Commands) -> None:
         metavar="TYPE",
         help="event types to send (default %(default)s; ALL for every type)",
     )
+    parser.add_argument(
+        "--mns-endpoint",
+        help="MNS endpoint VOD writes into instead: https://<account-id>.mns.<region>.aliyuncs.com",
+    )
+    parser.add_argument("--mns-queue", help="name of the MNS queue (it must exist)")
     parser.add_argument(
         "--show", action="store_true", help="print the current configuration instead"
     )

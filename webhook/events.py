@@ -220,7 +220,7 @@ class Envelope(BaseModel):
     video_id: str | None = None
     event_time: datetime | None = None
     received_at: datetime
-    source: Literal["callback", "reconcile"] = "callback"
+    source: Literal["callback", "mns", "reconcile"] = "callback"
     verified: bool | None = Field(
         None,
         description="True: ListDynamicImage confirmed this outcome (VERIFY_OUTCOMES, or found by "

@@ -21,6 +21,7 @@ from prometheus_client.metrics import disable_created_metrics
 
 from webhook.errors import WebhookError
 from webhook.events import DYNAMIC_IMAGE_COMPLETE, KNOWN_EVENT_TYPES
+from webhook.ingest import OUTCOMES
 
 # The families /metrics always shows, and their types. Labelled ones list their labels in the
 # README's table; some of their series appear only once counted (see the README).
@@ -32,6 +33,7 @@ METRIC_NAMES: dict[str, str] = {
     "vod_webhook_redis_errors_total": "counter",
     "vod_webhook_sse_clients": "gauge",
     "vod_webhook_sse_disconnects_total": "counter",
+    "vod_webhook_mns_messages_total": "counter",
     # Read from Redis at scrape time (webhook/status.py): whichever process did the work.
     "vod_webhook_ready": "gauge",
     "vod_webhook_submissions_total": "counter",
@@ -126,12 +128,24 @@ class Metrics:
             ["reason"],
             registry=registry,
         )
+        self.mns_messages = Counter(
+            "vod_webhook_mns_messages",
+            "MNS messages ingested (VOD_WEBHOOK_MNS_QUEUE), by outcome: accepted, duplicate, "
+            "held, retried (left to come back), dead_lettered.",
+            ["outcome"],
+            registry=registry,
+        )
         self.callback = CallbackMetrics(self, verify_outcomes=verify_outcomes)
         self.responses = ResponseMetrics(self.http_responses, callback_path)
         self._redis_errors = {kind: self.redis_errors.labels(kind) for kind in REDIS_ERROR_KINDS}
+        self._mns_outcomes = {outcome: self.mns_messages.labels(outcome) for outcome in OUTCOMES}
         self._disconnects = {
             reason: self.sse_disconnects.labels(reason) for reason in SSE_DISCONNECT_REASONS
         }
+
+    def mns_message(self, outcome: str) -> None:
+        """Count an ingested MNS message (MnsIngest's `count`)."""
+        self._mns_outcomes[outcome].inc()
 
     def redis_failed(self, kind: str) -> None:
         """Count a Redis failure (store.unavailable's observer)."""

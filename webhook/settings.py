@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from webhook.connection import check_url, is_cluster_url
 from webhook.keys import DEFAULT_PREFIX, Layout
+from webhook.mns import QUEUE_NAME, endpoint_problem
 from webhook.signature import auth_key_weakness, callback_url_problem
 
 ENV_PREFIX = "VOD_WEBHOOK_"
@@ -252,6 +253,35 @@ class Settings(BaseSettings):
         "new outcome gets 503 `too_many_held_outcomes` (VOD retries, reconciliation recovers "
         "what VOD then drops), so forged bodies cannot grow Redis without bound.",
     )
+    mns_endpoint: str | None = Field(
+        None,
+        description="MNS endpoint of the queue VOD delivers its events into when its callback "
+        "type is MNS: `https://<account-id>.mns.<region>.aliyuncs.com` (or the emulator's URL). "
+        "Signed with the Alibaba Cloud default credential chain.",
+    )
+    mns_queue: str | None = Field(
+        None,
+        description="Name of that MNS queue. Set (with `MNS_ENDPOINT`), `serve` ingests it "
+        "beside the HTTP callback, as `ingest-mns` does alone.",
+    )
+    mns_pollers: int = Field(
+        1,
+        ge=1,
+        le=16,
+        description="Long polls each ingesting process keeps open at once (each takes up to 16 "
+        "messages).",
+    )
+    mns_wait_seconds: int = Field(
+        30, ge=1, le=30, description="How long one long poll of the MNS queue waits for a message."
+    )
+    mns_max_dequeues: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="A message that cannot be recorded for a reason other than Redis being out "
+        "of reach (a body that is no VOD event) is received again after 2, 4, 8... s; on its "
+        "this-many-th receipt it goes to the dead-letter stream (group `mns`) and is deleted.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="Lowest level logged."
     )
@@ -329,6 +359,29 @@ class Settings(BaseSettings):
         if problem:
             raise ValueError(f"{problem}: the URL as registered in VOD")
         return url
+
+    @field_validator("mns_endpoint")
+    @classmethod
+    def _check_mns_endpoint(cls, endpoint: str | None) -> str | None:
+        if not endpoint:
+            return None
+        problem = endpoint_problem(endpoint)
+        if problem:
+            raise ValueError(problem)
+        return endpoint
+
+    @field_validator("mns_queue")
+    @classmethod
+    def _check_mns_queue(cls, name: str | None, info: ValidationInfo) -> str | None:
+        if not name:
+            return None
+        if not QUEUE_NAME.fullmatch(name):
+            raise ValueError(
+                "not an MNS queue name (a letter, then letters, digits or hyphens; at most 120)"
+            )
+        if "mns_endpoint" in info.data and not info.data["mns_endpoint"]:
+            raise ValueError(f"needs {ENV_PREFIX}MNS_ENDPOINT, the endpoint the queue is at")
+        return name
 
     @field_validator("callback_path")
     @classmethod

@@ -129,14 +129,7 @@ class Vod:
         protocol, endpoint = parse_endpoint(
             settings.vod_endpoint or f"vod.{settings.region}.aliyuncs.com"
         )
-        try:
-            credential = _credential_client()
-            access_key_id = credential.get_credential().get_access_key_id()
-        except Exception as exc:  # the chain raises plain exceptions of several kinds
-            raise ConfigError(
-                "no Alibaba Cloud credentials: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
-                f"ALIBABA_CLOUD_ACCESS_KEY_SECRET (or another default-chain source): {exc}"
-            ) from None
+        credential, access_key_id = default_credentials()
         config = Config(
             credential=credential, region_id=settings.region, endpoint=endpoint, protocol=protocol
         )
@@ -191,6 +184,23 @@ class Vod:
         )
         return str(response.body.request_id)
 
+    async def set_mns_callback(
+        self, mns_endpoint: str, mns_queue: str, event_types: list[str]
+    ) -> str:
+        """Configure VOD to write its events into an MNS queue; returns the RequestId."""
+        from alibabacloud_vod20170321 import models
+
+        request = models.SetMessageCallbackRequest(
+            callback_type="MNS",
+            mns_endpoint=mns_endpoint,
+            mns_queue_name=mns_queue,
+            event_type_list=",".join(event_types),
+        )
+        response = await self._call(
+            "SetMessageCallback", lambda: self._client.set_message_callback_async(request)
+        )
+        return str(response.body.request_id)
+
     async def get_message_callback(self) -> dict[str, Any]:
         from alibabacloud_vod20170321 import models
 
@@ -230,6 +240,19 @@ def masked_message_callback(callback: dict[str, Any]) -> dict[str, Any]:
     enough to tell keys apart."""
     key = callback.get("AuthKey")
     return callback | {"AuthKey": f"{key[:2]}***"} if key else callback
+
+
+def default_credentials() -> tuple[CredentialClient, str]:
+    """The default credential chain's client, and the AccessKey ID it has now; ConfigError when
+    the chain finds none."""
+    try:
+        credential = _credential_client()
+        return credential, credential.get_credential().get_access_key_id()
+    except Exception as exc:  # the chain raises plain exceptions of several kinds
+        raise ConfigError(
+            "no Alibaba Cloud credentials: set ALIBABA_CLOUD_ACCESS_KEY_ID and "
+            f"ALIBABA_CLOUD_ACCESS_KEY_SECRET (or another default-chain source): {exc}"
+        ) from None
 
 
 def _credential_client() -> CredentialClient:
