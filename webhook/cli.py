@@ -20,6 +20,7 @@ from webhook.client import ConsumerOptions, consume, parse_since, subscribe, wai
 from webhook.client import replay as replay_stream
 from webhook.deadletters import (
     DeadLetter,
+    NotRedrivable,
     UnknownDeadLetters,
     dead_letter,
     dead_letter_id,
@@ -95,6 +96,7 @@ _FAILURES: dict[type[BaseException], tuple[int, Explain]] = {
     ),
     VodError: (EXIT_FAILURE, lambda exc, _: f"VOD refused: {exc}"),
     UnknownDeadLetters: (EXIT_FAILURE, lambda exc, _: str(exc)),
+    NotRedrivable: (EXIT_FAILURE, lambda exc, _: str(exc)),
     KeyboardInterrupt: (EXIT_INTERRUPTED, lambda exc, _: None),
 }
 

@@ -31,6 +31,15 @@ _LETTER_FIELDS = frozenset(
 )
 
 
+MNS_GROUP = "mns"
+"""The `group` of an MNS message that ingest gave up on (webhook.ingest; its `consumer` is the
+queue): no consumer group had it, so it is not redriven, only shown and purged."""
+
+
+class NotRedrivable(ValueError):
+    """Dead letters of MNS messages: there is no group to hand them back to."""
+
+
 def dead_letter_id(text: str) -> str:
     """`text` if it is a complete stream id (such as 1732476000000-0), with a partition or not
     (1732476000000-0@2); ValueError if not (a partial id would stand for a range)."""
@@ -225,6 +234,11 @@ async def redrive_dead_letters(
     says how many were (`done`). Returns how many were redriven."""
     layout = await layout_of(redis, prefix, partitions)
     letters = await _dead_letters_of(redis, layout, ids, group, "redriven")
+    if ingested := [letter.id for letter in letters if letter.group == MNS_GROUP]:
+        raise NotRedrivable(
+            f"{', '.join(ingested)}: an MNS message, which no consumer group had; nothing was "
+            "redriven (`deadletter show` has its body: send that to the queue again, then purge)"
+        )
     return await _in_each_partition(
         layout, letters, group, "redriven", functools.partial(_redrive, redis)
     )
@@ -239,12 +253,15 @@ async def redrive_all_dead_letters(
     page: int = 100,
 ) -> int:
     """Redrive (as `redrive_dead_letters`) every dead letter there is now in every partition
-    (of `group`, if given), not those arriving meanwhile; any another redrive or purge takes
-    first is left to it. Returns how many this call redrove."""
+    (of `group`, if given) but MNS messages', not those arriving meanwhile; any another
+    redrive or purge takes first is left to it. Returns how many this call redrove."""
+    if group == MNS_GROUP:
+        raise NotRedrivable("dead letters of MNS messages go back to no consumer group")
     layout = await layout_of(redis, prefix, partitions)
     redriven = 0
     for keys in layout.keys:
-        async for letters in _present_dead_letters(redis, layout, keys, group, page):
+        async for page_letters in _present_dead_letters(redis, layout, keys, group, page):
+            letters = [letter for letter in page_letters if letter.group != MNS_GROUP]
             while letters and (gone := await _redrive(redis, keys, letters)):
                 letters = [letter for letter in letters if _entry_id(letter) not in gone]
             redriven += len(letters)

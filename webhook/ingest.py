@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from webhook.deadletters import MNS_GROUP
 from webhook.errors import PayloadError, StoreUnavailable
 from webhook.events import Envelope, parse_callback
 from webhook.mns import MAX_BATCH, MnsError, MnsMessage, MnsQueue, chain_credentials
@@ -31,8 +32,6 @@ from webhook.store import Recorded, Store
 
 logger = structlog.get_logger("webhook.ingest")
 
-DEAD_LETTER_GROUP = "mns"
-"""The `group` of an MNS message's dead letter (its `consumer` is the queue's name)."""
 OUTCOMES = ("accepted", "duplicate", "held", "retried", "dead_lettered")
 _MAX_RETRY_DELAY_SECONDS = 300
 _MAX_BACKOFF_SECONDS = 10.0
@@ -240,7 +239,7 @@ class MnsIngest:
 
     def _letter(self, message: MnsMessage, failure: _Failure) -> dict[Any, Any]:
         return {
-            "group": DEAD_LETTER_GROUP,
+            "group": MNS_GROUP,
             "consumer": self.queue.name,
             "original_id": "",
             "deliveries": str(message.dequeue_count),
