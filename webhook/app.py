@@ -112,7 +112,7 @@ class Readiness:
 class Services:
     """What runs beside the routes, from start-up to shutdown: the store (its failures
     counted), the feed of `/events`, verification (or the drain) of held outcomes,
-    reconciliation, and readiness going down on SIGTERM."""
+    reconciliation, MNS ingest, and readiness going down on SIGTERM."""
 
     def __init__(
         self,
