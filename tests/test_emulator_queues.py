@@ -9,6 +9,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
@@ -23,7 +24,8 @@ from mns.account import Account
 from mns.mns_exception import MNSServerException
 from mns.queue import Message, QueueMeta
 
-from tests.conftest import ServeApp, eventually
+from tests.conftest import ServeApp, eventually, wait_for
+from tests.processes import ACCESS_KEY_ID, ACCESS_KEY_SECRET, emulating, run
 from webhook.emulator import EmulatorOptions, create_emulator_app
 from webhook.emulator.queues import Queue, QueueAttributes
 from webhook.mns_signature import authorization
@@ -501,3 +503,40 @@ async def test_missing_queue_fails_after_retries(start_emulator: StartEmulator) 
 def test_mns_options_are_checked(overrides: dict[str, Any], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         EmulatorOptions(access_keys={KEY_ID: SECRET}, **overrides)
+
+
+def test_cli_serves_queues_and_ends_long_polls_as_it_stops() -> None:
+    with emulating("--mns-queue", "events", "--queue", "other") as (base, process):
+        state = httpx.get(f"{base}/_emulator/state").json()
+        assert state["message_callback"]["callback_type"] == "MNS"
+        assert state["message_callback"]["mns_endpoint"] == base
+        assert state["message_callback"]["mns_queue_name"] == "events"
+        assert set(state["queues"]) == {"events", "other"}
+        account = Account(base, ACCESS_KEY_ID, ACCESS_KEY_SECRET)
+        try:
+            with ThreadPoolExecutor(1) as pool:
+                polling = pool.submit(account.get_queue("other").receive_message, 30)
+                wait_for(
+                    lambda: (
+                        httpx.get(f"{base}/_emulator/state").json()["queues"]["other"]["waiting"]
+                        == 1
+                    ),
+                    10,
+                    "the long poll to wait",
+                )
+                started = time.monotonic()
+                # uvicorn re-raises the SIGTERM it handled once it is done: no exit code to check.
+                process.stop()
+                with pytest.raises(MNSServerException) as caught:
+                    polling.result(10)
+            assert caught.value.type == "MessageNotExist"
+            assert time.monotonic() - started < 10
+        finally:
+            account.mns_client.close_connection()
+
+
+def test_cli_refuses_mns_queue_with_callback_url() -> None:
+    result = run("emulator", "--access-key", "id:secret", "--mns-queue", "q",
+                 "--callback-url", "https://example.com/cb")  # fmt: skip
+    assert result.returncode == 2
+    assert "callback_url and mns_queue exclude each other" in result.stderr
