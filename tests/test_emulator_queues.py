@@ -398,6 +398,35 @@ async def test_refusals_in_mns_error_shape(start_emulator: StartEmulator) -> Non
     assert (await emulator.queue_state("raw"))["sent"] == 0
 
 
+# (method, resource, body, status, code): requests MNS refuses, and how.
+# fmt: off
+BAD_REQUESTS = [
+    ("GET", "/queues/q/messages?waitseconds=%C2%B2", b"", 400, "InvalidArgument"),
+    ("GET", "/queues/q/messages?numOfMessages=99999999999999999999999", b"", 400, "InvalidArgument"),
+    ("POST", "/queues/q/messages", b"\xff\xfe<Message>", 400, "MalformedXML"),
+    ("POST", "/queues/q/messages", b"<!DOCTYPE x [<!ENTITY a 'b'>]><Message/>", 400, "MalformedXML"),
+    ("POST", "/queues/q/messages", b"<Message><MessageBody>x</MessageBody><Priority>0</Priority></Message>", 400, "InvalidArgument"),
+    ("POST", "/queues/q/messages", b"<Messages></Messages>", 400, "InvalidArgument"),
+    ("DELETE", "/queues/q/messages?ReceiptHandle=1-AAAA", b"", 400, "ReceiptHandleError"),
+    ("DELETE", "/queues/q/messages", b"", 400, "MissingReceiptHandle"),
+    ("PUT", "/queues/q/messages?ReceiptHandle=1-MS0x", b"", 400, "MissingVisibilityTimeout"),
+    ("PUT", "/queues/q/messages?ReceiptHandle=1-MS0x&VisibilityTimeout=5", b"", 404, "MessageNotExist"),
+    ("PUT", "/queues/%C3%A9", b"", 400, "InvalidQueueName"),
+    ("PUT", "/queues/new", b"<Queue><Foo>1</Foo></Queue>", 400, "InvalidArgument"),
+    ("PUT", "/queues/missing?metaoverride=true", b"<Queue/>", 404, "QueueNotExist"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(("method", "resource", "body", "status", "code"), BAD_REQUESTS)
+async def test_bad_requests_are_refused_clearly(
+    start_emulator: StartEmulator, method: str, resource: str, body: bytes, status: int, code: str
+) -> None:
+    emulator = await start_emulator(mns_queues=("q",))
+    request = signed_request(emulator.base_url, method, resource, body)
+    assert assert_mns_error(await send_raw(request), status, code)
+
+
 async def test_long_polls_end_when_the_queues_close() -> None:
     queue = Queue("closing", QueueAttributes())
     polling = asyncio.create_task(queue.receive(1, 30))

@@ -37,7 +37,7 @@ def out_of_range(name: str, low: int, high: int, unit: str = "seconds") -> MnsEr
 
 
 def malformed_xml(why: str) -> MnsError:
-    return MnsError(400, "MalformedXML", f"The XML you provided was not well-formed ({why}).")
+    return MnsError(400, "MalformedXML", f"The XML you provided was not well-formed: {why}.")
 
 
 def not_in_schema(element: str) -> MnsError:

@@ -84,7 +84,8 @@ DEFAULT_PRIORITY = 8
 MAX_MESSAGES_PER_QUEUE = 100_000
 MAX_REQUEST_BODY = 4 * 1024 * 1024
 _RECEIPT_HANDLE = re.compile(r"1-([A-Za-z0-9+/]+={0,2})")
-_HANDLE_CONTENT = re.compile(rb"\d+-\d+")
+_HANDLE_CONTENT = re.compile(rb"[0-9]+-[0-9]+")
+_SMALL_NUMBER = re.compile(r"[0-9]{1,12}")
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,8 @@ def out_of_range(name: str, low: int, high: int, unit: str = "") -> MnsError:
 
 
 def bounded_int(name: str, text: str, low: int, high: int, unit: str = "") -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    # ASCII digits only, and few: int() refuses other digits and very long numbers.
+    if not _SMALL_NUMBER.fullmatch(text) or not low <= int(text) <= high:
         raise out_of_range(name, low, high, unit)
     return int(text)
 
@@ -531,7 +533,7 @@ class QueueApi:
             return mns_response(xml_document("Message", answer), request_id, 201)
         batch = [parse_message(child) for child in root if local_name(child) == "Message"]
         if not 1 <= len(batch) <= MAX_BATCH:
-            raise out_of_range("the number of Message elements", 1, MAX_BATCH)
+            raise invalid_argument(f"A batch holds 1 to {MAX_BATCH} Message elements.")
         # All or none: each is checked before any is sent.
         for message in batch:
             queue.check_message(*message)
@@ -569,7 +571,7 @@ class QueueApi:
         root = parse_document(body, "ReceiptHandles")
         handles = [(c.text or "").strip() for c in root if local_name(c) == "ReceiptHandle"]
         if not 1 <= len(handles) <= MAX_BATCH:
-            raise out_of_range("the number of ReceiptHandle elements", 1, MAX_BATCH)
+            raise invalid_argument(f"A batch holds 1 to {MAX_BATCH} ReceiptHandle elements.")
         failed: list[Any] = []
         for handle in handles:
             try:
