@@ -597,6 +597,9 @@ def run_emulator(args: argparse.Namespace) -> int:
             list_qps=args.list_qps,
             callback_qps=args.callback_qps,
             seed=args.seed,
+            mns_queues=tuple(args.queue),
+            mns_queue=args.mns_queue,
+            mns_endpoint=f"http://{args.host}:{args.port}",
         )
     except ValueError as exc:
         return _fail(f"emulator: {exc}", EXIT_USAGE)
@@ -925,7 +928,9 @@ def _add_emulator(commands: _Commands) -> None:
         help="run a local VOD stand-in for development and tests",
         description="A local stand-in for VOD that the official SDK talks to unchanged "
         "(VOD_WEBHOOK_VOD_ENDPOINT=http://127.0.0.1:PORT): it verifies ACS3-HMAC-SHA256 "
-        "signatures, runs dynamic-image jobs and delivers signed callbacks like VOD.",
+        "signatures, runs dynamic-image jobs and delivers signed callbacks like VOD. It is also "
+        "an MNS for its queues, on the same port (MNS endpoint http://127.0.0.1:PORT): VOD "
+        "writes events into them when the MessageCallback is CallbackType MNS.",
     )
     parser.set_defaults(run=run_emulator)
     parser.add_argument("--host", default="127.0.0.1", help="address (default %(default)s)")
@@ -935,9 +940,22 @@ def _add_emulator(commands: _Commands) -> None:
         action="append",
         required=True,
         metavar="ID:SECRET",
-        help="an AccessKey pair it accepts (repeatable)",
+        help="an AccessKey pair it accepts, at VOD's API and MNS's (repeatable)",
     )
     parser.add_argument("--callback-url", help="where it POSTs DynamicImageComplete")
+    parser.add_argument(
+        "--mns-queue",
+        metavar="NAME",
+        help="instead of --callback-url: write DynamicImageComplete into this MNS queue of its "
+        "own (created; the MessageCallback starts as CallbackType MNS)",
+    )
+    parser.add_argument(
+        "--queue",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="an MNS queue that exists from the start, with MNS's default attributes (repeatable)",
+    )
     parser.add_argument(
         "--auth-key",
         help="AuthKey signing its callbacks; like VOD it takes at most 32 letters and digits, "

@@ -22,8 +22,18 @@ What it reproduces:
   event is POSTed to the configured URL, signed with ``X-VOD-TIMESTAMP`` / ``X-VOD-SIGNATURE``
   when authentication is on. Only HTTP 200 within 5 s counts; otherwise it is retried at 1 s
   intervals, 3 attempts in all, then dropped for good. Redirects are not followed.
+- MNS, on the same port: queues in memory behind MNS's REST API (version 2015-06-06, XML,
+  ``MNS id:signature`` requests checked against the same AccessKeys), as the official
+  ``aliyun-mns-sdk`` speaks it: Create/Get/Set/DeleteQueue, (Batch)SendMessage,
+  (Batch)ReceiveMessage with long polling, (Batch)DeleteMessage and ChangeMessageVisibility,
+  with MNS's receipt handles, visibility timeouts and error codes (see ``queues``). An MNS
+  client's endpoint is the emulator's base URL, ``http://127.0.0.1:PORT``.
+- VOD's MNS callback: when the MessageCallback is ``CallbackType=MNS``, each finished job's
+  ``DynamicImageComplete`` JSON is written, as the raw message body, into the emulator's own
+  queue named ``MnsQueueName`` (MnsEndpoint is recorded, never dialled). A missing queue is
+  retried twice, 1 s apart, then the event is dropped.
 - Fault injection: ``drop_rate`` (callback never sent), ``duplicate_rate`` (delivered twice),
-  ``fail_rate`` (job fails), reproducible with ``seed``.
+  ``fail_rate`` (job fails), reproducible with ``seed``; for HTTP and MNS alike.
 
 There are no videos here: every VideoId exists and is in a state that allows the job, except
 
@@ -34,13 +44,16 @@ There are no videos here: every VideoId exists and is in a state that allows the
 
 ``GET /_emulator/state`` (no authentication) shows every job: its status
 (``running|success|fail``), its callback outcome (``pending``, ``delivered``,
-``dropped_by_fault``, ``failed_after_retries``, or ``not_subscribed`` when no HTTP callback
-for ``DynamicImageComplete`` was configured as it ended), the delivery attempts made and the
-deliveries answered with 200.
+``dropped_by_fault``, ``failed_after_retries``, or ``not_subscribed`` when no callback, HTTP or
+MNS, for ``DynamicImageComplete`` was configured as it ended), the delivery attempts made and
+the deliveries made (answered with 200, or written into the queue); the MessageCallback; and
+every queue's messages (``visible``, ``invisible``, ``delayed``), totals (``sent``,
+``received``, ``deleted``) and the long polls ``waiting`` on it.
 
 By concern: ``auth`` (the request signature), ``quotas``, ``jobs`` (their lifecycle and faults),
-``delivery`` (the callbacks), ``actions`` (the RPC endpoint), ``errors`` (POP's error shape) and
-``app`` (options, composition, serving).
+``delivery`` (the callbacks), ``actions`` (the RPC endpoint), ``errors`` (POP's error shape),
+``queues`` (MNS's queues and their REST API), ``mns_auth`` (MNS's request signature),
+``mns_xml`` (MNS's XML and error shape) and ``app`` (options, composition, serving).
 """
 
 from webhook.emulator.app import EmulatorOptions, create_emulator_app, serve_emulator

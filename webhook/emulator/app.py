@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ from webhook.emulator.actions import Actions
 from webhook.emulator.auth import Authenticator
 from webhook.emulator.delivery import CallbackDelivery, MessageCallback
 from webhook.emulator.jobs import JobRunner
+from webhook.emulator.mns_auth import MnsAuthenticator
+from webhook.emulator.queues import QUEUE_NAME, MnsQueues, QueueApi, QueueAttributes
 from webhook.emulator.quotas import Quotas
 from webhook.signature import auth_key_problem, callback_url_problem
 
@@ -45,6 +48,14 @@ class EmulatorOptions:
     """The same for SetMessageCallback and GetMessageCallback (each its own)."""
     seed: int | None = None
     """Seed for the fault injection, to make it reproducible."""
+    mns_queues: tuple[str, ...] = ()
+    """MNS queues that exist from the start, with MNS's default attributes."""
+    mns_queue: str | None = None
+    """When set, the MessageCallback starts as CallbackType MNS into this queue (created too),
+    instead of HTTP."""
+    mns_endpoint: str | None = None
+    """The MnsEndpoint GetMessageCallback reports with `mns_queue` (events go into the
+    emulator's own queue whatever it says); `vod-webhook emulator` sets its own URL."""
 
     def __post_init__(self) -> None:
         for name in ("drop_rate", "duplicate_rate", "fail_rate"):
@@ -59,6 +70,14 @@ class EmulatorOptions:
             raise ValueError(f"callback_url {why}")
         if self.auth_key is not None and (why := auth_key_problem(self.auth_key)):
             raise ValueError(f"auth_key {why}")
+        if self.mns_queue is not None and self.callback_url is not None:
+            raise ValueError("callback_url and mns_queue exclude each other (HTTP or MNS)")
+        for name in (*self.mns_queues, *filter(None, [self.mns_queue])):
+            if not QUEUE_NAME.fullmatch(name):
+                raise ValueError(
+                    f"queue name {name!r} is not valid at MNS: a letter, then at most 255 "
+                    "letters, digits or hyphens"
+                )
 
 
 class Emulator:
@@ -66,12 +85,20 @@ class Emulator:
 
     def __init__(self, options: EmulatorOptions) -> None:
         self.options = options
+        self.queues = MnsQueues()
+        for name in (*options.mns_queues, *filter(None, [options.mns_queue])):
+            self.queues.create(name, QueueAttributes())
+        self.queue_api = QueueApi(self.queues, MnsAuthenticator(options.access_keys))
         self.delivery = CallbackDelivery(
             MessageCallback(
+                callback_type="HTTP" if options.mns_queue is None else "MNS",
                 callback_url=options.callback_url,
                 auth_key=options.auth_key,
                 auth_switch="on" if options.auth_key else "off",
-            )
+                mns_endpoint=options.mns_endpoint if options.mns_queue else None,
+                mns_queue_name=options.mns_queue,
+            ),
+            self.queues,
         )
         self.jobs = JobRunner(
             delay=options.delay,
@@ -118,7 +145,10 @@ class Emulator:
                     "callback_url": config.callback_url,
                     "event_type_list": config.event_type_list,
                     "auth_switch": config.auth_switch,
+                    "mns_endpoint": config.mns_endpoint,
+                    "mns_queue_name": config.mns_queue_name,
                 },
+                "queues": self.queues.state(),
             }
         )
 
@@ -131,12 +161,16 @@ def create_emulator_app(options: EmulatorOptions) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         # Inner first on the way out: running jobs are cancelled before the HTTP client closes.
         async with emulator.delivery.running(), emulator.jobs.running():
-            yield
+            try:
+                yield
+            finally:
+                emulator.queues.close()
 
     app = Starlette(
         routes=[
             Route("/", emulator.actions.dispatch, methods=["GET", "POST"]),
             Route("/_emulator/state", emulator.state, methods=["GET"]),
+            *emulator.queue_api.routes(),
         ],
         lifespan=lifespan,
     )
@@ -144,14 +178,23 @@ def create_emulator_app(options: EmulatorOptions) -> Starlette:
     return app
 
 
+class _EmulatorServer(uvicorn.Server):
+    """uvicorn, ending the emulator's long polls as it starts to shut down: it waits for every
+    request in flight before the app's lifespan ends, and a long poll can last 30 s."""
+
+    def __init__(self, config: uvicorn.Config, queues: MnsQueues) -> None:
+        super().__init__(config)
+        self._queues = queues
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._queues.close()
+        await super().shutdown(sockets)
+
+
 def serve_emulator(options: EmulatorOptions, *, host: str, port: int) -> None:
     """Serve the emulator under uvicorn until interrupted (logging is the caller's to set up)."""
+    app = create_emulator_app(options)
     config = uvicorn.Config(
-        create_emulator_app(options),
-        host=host,
-        port=port,
-        log_config=None,
-        access_log=False,
-        lifespan="on",
+        app, host=host, port=port, log_config=None, access_log=False, lifespan="on"
     )
-    uvicorn.Server(config).run()
+    _EmulatorServer(config, app.state.emulator.queues).run()
