@@ -61,8 +61,10 @@ def test_outcomes_arrive_once_each_correlated_also_those_that_ended_while_ingest
         # While ingest is stopped every job ends, and VOD writes it into the queue.
         late = submit_jobs(env, tmp_path / "late.jsonl", 6, 6)
         wait_for(
-            lambda: {j["job_id"] for j in emulator_jobs(emulator) if j["callback"] == "delivered"}
-            >= set(late),
+            lambda: (
+                {j["job_id"] for j in emulator_jobs(emulator) if j["callback"] == "delivered"}
+                >= set(late)
+            ),
             30,
             "late jobs written into the queue",
         )
@@ -91,14 +93,14 @@ def test_outcomes_arrive_once_each_correlated_also_those_that_ended_while_ingest
 
 
 def test_serve_ingests_the_queue_beside_its_http_endpoint(redis_url: str) -> None:
-    with emulating("--mns-queue", QUEUE, "--delay", "0.2") as (emulator, _):
-        with serving(
-            redis_url=redis_url, vod_endpoint=emulator, mns_endpoint=emulator, mns_queue=QUEUE
-        ):
-            env = env_for(redis_url=redis_url, vod_endpoint=emulator)
-            waited = run(
-                "submit", "--video-id", "v1", "--template-id", "tpl", "--wait", "--json", env=env
-            )
+    with (
+        emulating("--mns-queue", QUEUE, "--delay", "0.2") as (emulator, _),
+        serving(redis_url=redis_url, vod_endpoint=emulator, mns_endpoint=emulator, mns_queue=QUEUE),
+    ):
+        env = env_for(redis_url=redis_url, vod_endpoint=emulator)
+        waited = run(
+            "submit", "--video-id", "v1", "--template-id", "tpl", "--wait", "--json", env=env
+        )
     assert waited.returncode == 0, waited.stderr
     envelope = json.loads(waited.stdout.splitlines()[-1])
     assert envelope["source"] == "mns"
@@ -151,7 +153,8 @@ def test_ingest_mns_names_what_is_missing_or_refused(redis_url: str) -> None:
         env = env_for(redis_url=redis_url, mns_endpoint=emulator, mns_queue="no-such-queue")
         refused = run("ingest-mns", env=env)
     assert refused.returncode == 2
-    assert "MNS refused" in refused.stderr and "QueueNotExist" in refused.stderr
+    assert "MNS refused" in refused.stderr
+    assert "QueueNotExist" in refused.stderr
     assert "Traceback" not in refused.stderr
 
 

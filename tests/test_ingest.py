@@ -14,7 +14,14 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.conftest import ServeApp, StoreFactory, eventually, free_port, job_callback
+from tests.conftest import (
+    ServeApp,
+    StoreFactory,
+    eventually,
+    free_port,
+    job_callback,
+    stream_entries,
+)
 from webhook.connection import connect
 from webhook.deadletters import MNS_GROUP, NotRedrivable, dead_letters, redrive_dead_letters
 from webhook.emulator import EmulatorOptions, create_emulator_app
@@ -79,7 +86,8 @@ async def queue_counts(mns: str, name: str = QUEUE) -> dict[str, int]:
 
 
 async def envelopes(redis: Redis) -> list[dict[str, Any]]:
-    return [json.loads(fields["envelope"]) for _, fields in await redis.xrange("vod:stream")]
+    entries = await stream_entries(redis, "vod:stream")
+    return [json.loads(fields["envelope"]) for _, fields in entries]
 
 
 async def drain(ingest: MnsIngest, mns: str, name: str = QUEUE) -> None:
@@ -243,7 +251,8 @@ async def test_an_endpoint_that_does_not_answer_is_retried_not_refused(store: St
         await ingest_of(queue, store).check()  # logged; the loop retries
         with pytest.raises(MnsError) as raised:
             await queue.receive(1, 0)
-        assert raised.value.code == "NetworkError" and raised.value.transient
+        assert raised.value.code == "NetworkError"
+        assert raised.value.transient
     finally:
         await queue.aclose()
 

@@ -404,7 +404,7 @@ def describe_validation_error(exc: ValidationError) -> str:
     for error in exc.errors():
         field = ".".join(str(part) for part in error["loc"])
         name = f"{ENV_PREFIX}{field.split('.')[0].upper()}" if field else "configuration"
-        lines.append(f"{name}: {error['msg']}")
+        lines.append(f"{name}: {error['msg'].removeprefix('Value error, ')}")
     return "invalid configuration:\n  " + "\n  ".join(lines)
 
 
