@@ -130,7 +130,7 @@ def test_register_refuses_a_mix_of_modes_and_bad_values_before_calling_vod() -> 
         ("--callback-url", "https://h.example.com/cb", "--mns-queue", "q"): "one callback per",
         ("--mns-queue", "q"): "--mns-endpoint and --mns-queue together",
         ("--mns-endpoint", "ftp://x", "--mns-queue", "q"): "--mns-endpoint must be an http(s)",
-        ("--mns-endpoint", "https://1.mns.cn-shanghai.aliyuncs.com", "--mns-queue", "9q"): (
+        ("--mns-endpoint", "https://1.mns.cn-shanghai.aliyuncs.com", "--mns-queue", "q_1"): (
             "--mns-queue is not an MNS queue name"
         ),
     }

@@ -525,7 +525,7 @@ async def test_missing_queue_fails_after_retries(start_emulator: StartEmulator) 
     ("overrides", "problem"),
     [
         ({"mns_queue": "q", "callback_url": "https://example.com/cb"}, "exclude each other"),
-        ({"mns_queues": ("9lives",)}, "not valid at MNS"),
+        ({"mns_queues": ("-lead",)}, "not valid at MNS"),
         ({"mns_queue": "has_underscore"}, "not valid at MNS"),
     ],
 )

@@ -35,7 +35,7 @@ from webhook.events import Envelope
 from webhook.ingest import ingest_from_settings
 from webhook.jobs import job_view, pending_with_ages
 from webhook.logs import configure_logging
-from webhook.mns import QUEUE_NAME, endpoint_problem
+from webhook.mns import QUEUE_NAME, QUEUE_NAME_RULE, endpoint_problem
 from webhook.pubsub import channels_for
 from webhook.reconcile import ReconcileOptions, reconcile_once, run_reconciler
 from webhook.settings import (
@@ -538,7 +538,7 @@ async def _register_mns(settings: Settings, args: argparse.Namespace) -> int:
     for option, problem in (
         ("--mns-endpoint", endpoint_problem(args.mns_endpoint)),
         ("--mns-queue", None if QUEUE_NAME.fullmatch(args.mns_queue) else "is not an MNS "
-         "queue name (a letter, then letters, digits or hyphens; at most 120)"),
+         f"queue name ({QUEUE_NAME_RULE})"),
     ):  # fmt: skip
         if problem:
             return _fail(f"{option} {problem}", EXIT_USAGE)

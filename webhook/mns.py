@@ -31,8 +31,9 @@ if TYPE_CHECKING:
 MAX_BATCH = 16  # messages per receive or delete, MNS's limit
 MAX_WAIT_SECONDS = 30  # longest long poll MNS allows
 _CONNECT_TIMEOUT_SECONDS = 10.0
-# MNS queue names: a letter, then letters, digits and hyphens, at most 120 in all.
-QUEUE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,119}")
+# MNS's rule for queue names (CreateQueue's reference).
+QUEUE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,119}")
+QUEUE_NAME_RULE = "letters, digits and hyphens, a letter or digit first, at most 120"
 # Retried by nature: the same call may succeed a moment later.
 _TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "ServiceBusy", "NetworkError"}
 _XML = "text/xml;charset=UTF-8"

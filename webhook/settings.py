@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from webhook.connection import check_url, is_cluster_url
 from webhook.keys import DEFAULT_PREFIX, Layout
-from webhook.mns import QUEUE_NAME, endpoint_problem
+from webhook.mns import QUEUE_NAME, QUEUE_NAME_RULE, endpoint_problem
 from webhook.signature import auth_key_weakness, callback_url_problem
 
 ENV_PREFIX = "VOD_WEBHOOK_"
@@ -376,9 +376,7 @@ class Settings(BaseSettings):
         if not name:
             return None
         if not QUEUE_NAME.fullmatch(name):
-            raise ValueError(
-                "not an MNS queue name (a letter, then letters, digits or hyphens; at most 120)"
-            )
+            raise ValueError(f"not an MNS queue name ({QUEUE_NAME_RULE})")
         if "mns_endpoint" in info.data and not info.data["mns_endpoint"]:
             raise ValueError(f"needs {ENV_PREFIX}MNS_ENDPOINT, the endpoint the queue is at")
         return name

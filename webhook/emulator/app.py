@@ -18,8 +18,9 @@ from webhook.emulator.auth import Authenticator
 from webhook.emulator.delivery import CallbackDelivery, MessageCallback
 from webhook.emulator.jobs import JobRunner
 from webhook.emulator.mns_auth import MnsAuthenticator
-from webhook.emulator.queues import QUEUE_NAME, MnsQueues, QueueApi, QueueAttributes
+from webhook.emulator.queues import MnsQueues, QueueApi, QueueAttributes
 from webhook.emulator.quotas import Quotas
+from webhook.mns import QUEUE_NAME, QUEUE_NAME_RULE
 from webhook.signature import auth_key_problem, callback_url_problem
 
 
@@ -74,10 +75,7 @@ class EmulatorOptions:
             raise ValueError("callback_url and mns_queue exclude each other (HTTP or MNS)")
         for name in (*self.mns_queues, *filter(None, [self.mns_queue])):
             if not QUEUE_NAME.fullmatch(name):
-                raise ValueError(
-                    f"queue name {name!r} is not valid at MNS: a letter, then at most 255 "
-                    "letters, digits or hyphens"
-                )
+                raise ValueError(f"queue name {name!r} is not valid at MNS ({QUEUE_NAME_RULE})")
 
 
 class Emulator:

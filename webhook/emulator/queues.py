@@ -69,11 +69,11 @@ from webhook.emulator.mns_xml import (
     xml_document,
     xml_element,
 )
+from webhook.mns import QUEUE_NAME, QUEUE_NAME_RULE
 
 # Every module of the emulator logs under one name, the package's.
 logger = structlog.get_logger("webhook.emulator")
 
-QUEUE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9-]{0,255}")
 MAX_BATCH = 16
 MAX_WAIT_SECONDS = 30
 MAX_VISIBILITY_TIMEOUT = 43200
@@ -147,8 +147,7 @@ def check_queue_name(name: str) -> None:
         raise MnsError(
             400,
             "InvalidQueueName",
-            "The queue name you provided is invalid (a letter first, then at most 255 letters, "
-            "digits or hyphens).",
+            f"The queue name you provided is invalid ({QUEUE_NAME_RULE}).",
         )
 
 
