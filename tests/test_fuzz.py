@@ -1,6 +1,6 @@
 """Fuzzing every endpoint over real loopback HTTP against the real (healthy) test Redis: whatever
 comes in, no 5xx, not even a 503, every rejection is JSON with `error` and `detail`, and no
-answer shows a traceback.
+answer shows a traceback. And every MNS message body through ingest.
 
 `make test` runs a few hundred cases a test; `make faults` runs 10,000
 (`pytest --hypothesis-profile=faults tests/test_fuzz.py`), see tests/fuzz_profiles.py.
@@ -8,6 +8,7 @@ answer shows a traceback.
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import AsyncIterator
@@ -17,8 +18,9 @@ import httpx
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from redis.asyncio import Redis
 
-from tests.conftest import Receiver, sample_path, vod_headers
+from tests.conftest import Receiver, ServeApp, sample_path, stream_entries, vod_headers
 from tests.fuzz_profiles import fuzz_settings
 from tests.fuzz_strategies import (
     callback_bodies,
@@ -27,6 +29,10 @@ from tests.fuzz_strategies import (
     nasty_text,
     signed_callback_headers,
 )
+from webhook.emulator import EmulatorOptions, create_emulator_app
+from webhook.ingest import MnsIngest
+from webhook.mns import AccessKey, MnsMessage, MnsQueue, static_credentials
+from webhook.store import Store
 
 TOKEN = "fuzz-read-api-token-0123456789"
 CALLBACK_PATH = "/callbacks/vod"
@@ -255,3 +261,50 @@ def test_profiles_are_bounded() -> None:
 
     assert 100 <= settings.get_profile(FUZZ_PROFILE).max_examples <= 500
     assert settings.get_profile(FAULTS_PROFILE).max_examples >= 10_000
+
+
+@pytest.fixture
+async def mns_ingest(
+    serve_app: ServeApp, store: Store
+) -> AsyncIterator[tuple[MnsIngest, list[str]]]:
+    """Ingest of the emulator's queue into the test Redis, and the outcomes it counts (its
+    deletes of the made-up receipt handles below are refused: logged, as for a stale handle)."""
+    options = EmulatorOptions(access_keys={"LTAI5tFuzz": "fuzz-secret"}, mns_queues=("fuzz",))
+    endpoint = await serve_app(lambda _: create_emulator_app(options))
+    queue = MnsQueue(endpoint, "fuzz", static_credentials(AccessKey("LTAI5tFuzz", "fuzz-secret")))
+    counted: list[str] = []
+    yield (
+        MnsIngest(queue, store, verify_outcomes=False, max_dequeues=5, count=counted.append),
+        counted,
+    )
+    await queue.aclose()
+
+
+@FUZZ_OTHERS
+@given(
+    body=st.one_of(
+        callback_bodies().map(lambda raw: raw.decode("utf-8", "replace")),
+        callback_bodies().map(lambda raw: base64.b64encode(raw).decode()),
+        st.text(max_size=300),
+    ),
+    dequeue_count=st.integers(1, 6),
+)
+async def test_mns_message_bodies(
+    mns_ingest: tuple[MnsIngest, list[str]], redis_client: Redis, body: str, dequeue_count: int
+) -> None:
+    """Whatever a message holds, ingest records it, leaves it to come back, or dead-letters it;
+    it never raises, and records nothing but an envelope from MNS."""
+    ingest, counted = mns_ingest
+    await redis_client.flushall()
+    counted.clear()
+    await ingest.ingest([MnsMessage("fuzz-id", "1-bWFkZSB1cA==", body, dequeue_count, 0)])
+    [outcome] = counted
+    stream = await stream_entries(redis_client, "vod:stream")
+    letters = await stream_entries(redis_client, "vod:deadletter")
+    if outcome == "accepted":
+        [(_, fields)] = stream
+        assert json.loads(fields["envelope"])["source"] == "mns", body
+    else:
+        assert outcome == ("dead_lettered" if dequeue_count >= 5 else "retried"), body
+        assert stream == []
+        assert len(letters) == (outcome == "dead_lettered")
