@@ -737,6 +737,7 @@ def test_the_kustomization_lists_every_manifest_but_the_templates() -> None:
         "kustomization.yaml",
         "secret.example.yaml",
         "servicemonitor.yaml",
+        "ingest-mns.yaml",  # for VOD writing to MNS only
     }
 
 
@@ -811,6 +812,24 @@ def test_the_reconciler_runs_apart_and_keeps_reconciling() -> None:
     parsed = build_parser().parse_args(container["args"])
     assert parsed.command == "reconcile"
     assert not parsed.once  # a pass every interval, until stopped
+
+
+def test_mns_ingest_runs_apart_and_refuses_its_placeholders() -> None:
+    (container,) = resource("Deployment", "vod-webhook-ingest-mns")["spec"]["template"]["spec"][
+        "containers"
+    ]
+    assert build_parser().parse_args(container["args"]).command == "ingest-mns"
+    values = {item["name"]: item["value"] for item in container["env"] if "value" in item}
+    placeholders = {
+        name.removeprefix("VOD_WEBHOOK_").lower(): value
+        for name, value in values.items()
+        if name.startswith("VOD_WEBHOOK_MNS_")
+    }
+    refused = run("ingest-mns", env=env_for(**placeholders))
+    assert refused.returncode == 2
+    for name in ("VOD_WEBHOOK_MNS_ENDPOINT", "VOD_WEBHOOK_MNS_QUEUE"):
+        assert f"{name}: " in refused.stderr, refused.stderr
+    assert pod_labels("vod-webhook-ingest-mns") != pod_labels("vod-webhook")
 
 
 def pod_labels(name: str) -> dict[str, str]:
