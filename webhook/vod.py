@@ -170,32 +170,24 @@ class Vod:
         self, callback_url: str, auth_key: str, event_types: list[str]
     ) -> str:
         """Configure VOD's HTTP callback with signing on; returns the RequestId."""
-        from alibabacloud_vod20170321 import models
-
-        request = models.SetMessageCallbackRequest(
-            callback_type="HTTP",
-            callback_url=callback_url,
-            auth_switch="on",
-            auth_key=auth_key,
+        return await self._set_callback(
+            callback_type="HTTP", callback_url=callback_url, auth_switch="on", auth_key=auth_key,
             event_type_list=",".join(event_types),
-        )
-        response = await self._call(
-            "SetMessageCallback", lambda: self._client.set_message_callback_async(request)
-        )
-        return str(response.body.request_id)
+        )  # fmt: skip
 
     async def set_mns_callback(
         self, mns_endpoint: str, mns_queue: str, event_types: list[str]
     ) -> str:
         """Configure VOD to write its events into an MNS queue; returns the RequestId."""
+        return await self._set_callback(
+            callback_type="MNS", mns_endpoint=mns_endpoint, mns_queue_name=mns_queue,
+            event_type_list=",".join(event_types),
+        )  # fmt: skip
+
+    async def _set_callback(self, **fields: str) -> str:
         from alibabacloud_vod20170321 import models
 
-        request = models.SetMessageCallbackRequest(
-            callback_type="MNS",
-            mns_endpoint=mns_endpoint,
-            mns_queue_name=mns_queue,
-            event_type_list=",".join(event_types),
-        )
+        request = models.SetMessageCallbackRequest(**fields)
         response = await self._call(
             "SetMessageCallback", lambda: self._client.set_message_callback_async(request)
         )
