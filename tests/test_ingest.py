@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from structlog.testing import capture_logs
 
 from tests.conftest import (
     ServeApp,
@@ -243,6 +244,26 @@ async def test_a_queue_mns_refuses_stops_start_up(
     ingest = ingest_of(make_queue(name, key), store)
     with pytest.raises(ConfigError, match=f"VOD_WEBHOOK_MNS_QUEUE: .*{refusal}"):
         await ingest.check()
+
+
+async def test_a_refusal_while_running_is_logged_and_polling_goes_on(
+    make_queue: Queues, store: Store
+) -> None:
+    ingest = ingest_of(make_queue("no-such-queue"), store)
+    with capture_logs() as logs:
+        running = asyncio.create_task(ingest.run())
+
+        async def refused_twice() -> bool:
+            return [log["event"] for log in logs].count("mns_unavailable") >= 2
+
+        await eventually(refused_twice, 10, "two refusals")
+        assert not running.done()
+        running.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await running
+    refusal = next(log for log in logs if log["event"] == "mns_unavailable")
+    assert refusal["log_level"] == "error"
+    assert "QueueNotExist" in refusal["error"]
 
 
 async def test_an_endpoint_that_does_not_answer_is_retried_not_refused(store: Store) -> None:

@@ -148,12 +148,15 @@ class MnsIngest:
                 await self._await_store()
             try:
                 await self.poll_once()
-            except MnsError as exc:
+            except Exception as exc:
                 failures += 1
                 delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2**failures)
-                # A refusal (a key revoked, the queue deleted) may be fixed while this runs.
-                log = logger.warning if exc.transient else logger.error
-                log("mns_unavailable", error=str(exc), retry_in_s=delay)
+                if isinstance(exc, MnsError):
+                    # A refusal (a key revoked, the queue deleted) may be fixed while this runs.
+                    log = logger.warning if exc.transient else logger.error
+                    log("mns_unavailable", error=str(exc), retry_in_s=delay)
+                else:  # a bug: logged with its traceback, and polling goes on
+                    logger.exception("ingest_failed", retry_in_s=delay)
                 await asyncio.sleep(delay)
             else:
                 failures = 0
