@@ -211,6 +211,60 @@ async def test_several_ingests_share_a_queue_and_record_each_event_once(
     }
 
 
+async def test_stop_lets_the_batch_in_hand_be_recorded_and_deleted(
+    store: Store, redis_client: Redis, mns: str
+) -> None:
+    class HeldDeletes(MnsQueue):
+        """Holds the first delete until released: the batch is in hand when stop comes."""
+
+        entered, released = asyncio.Event(), asyncio.Event()
+
+        async def delete(self, receipt_handles: list[str]) -> list[Any]:
+            self.entered.set()
+            await self.released.wait()
+            return await super().delete(receipt_handles)
+
+    queue = HeldDeletes(mns, QUEUE, static_credentials(KEY))
+    try:
+        await queue.send(json.dumps(job_callback("job-in-hand")))
+        ingest = ingest_of(queue, store)
+        running = asyncio.create_task(ingest.run())
+        await asyncio.wait_for(queue.entered.wait(), 10)
+        ingest.stop()
+        queue.released.set()
+        await asyncio.wait_for(running, 10)
+    finally:
+        await queue.aclose()
+    assert [e["job_id"] for e in await envelopes(redis_client)] == ["job-in-hand"]
+    counts = await queue_counts(mns)
+    assert (counts["visible"], counts["invisible"]) == (0, 0), "deleted, not left to come back"
+
+
+async def test_stop_ends_a_waiting_long_poll_without_taking_what_comes_next(
+    make_queue: Queues, store: Store, mns: str
+) -> None:
+    ingest = MnsIngest(make_queue(), store, verify_outcomes=False, max_dequeues=5, wait_seconds=30)
+    running = asyncio.create_task(ingest.run())
+
+    async def polling() -> bool:
+        return (await queue_counts(mns))["waiting"] == 1
+
+    await eventually(polling, 10, "a long poll waiting")
+    ingest.stop()
+    await asyncio.wait_for(running, 5)  # not the 30 s the poll would wait
+    await eventually(_no_poll_waiting(mns), 5, "the emulator to see the poll gone")
+    await make_queue().send(json.dumps(job_callback("job-next")))
+    counts = await queue_counts(mns)
+    assert (counts["visible"], counts["invisible"]) == (1, 0), "left for the next receiver"
+
+
+def _no_poll_waiting(mns: str) -> Callable[[], Awaitable[bool]]:
+    async def none_waiting() -> bool:
+        return (await queue_counts(mns))["waiting"] == 0
+
+    return none_waiting
+
+
 def _empty(mns: str) -> Callable[[], Awaitable[bool]]:
     async def empty() -> bool:
         counts = await queue_counts(mns)

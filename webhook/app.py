@@ -151,6 +151,10 @@ class Services:
             if self.ingest is not None:
                 running.push_async_callback(self.ingest.queue.aclose)
                 await self._check_queue(self.ingest)
+                ingesting = asyncio.create_task(self.ingest.run())
+                running.push_async_callback(
+                    _stop_ingest, self.ingest, ingesting, self.settings.shutdown_timeout_seconds
+                )
             for work in self._background_work():
                 running.push_async_callback(_cancel, asyncio.create_task(work))
             yield
@@ -198,8 +202,6 @@ class Services:
         if vod is not None and settings.reconcile:
             options = ReconcileOptions.from_settings(settings)
             work.append(run_reconciler(store, vod, **dataclasses.asdict(options)))
-        if self.ingest is not None:
-            work.append(self.ingest.run())
         return work
 
 
@@ -212,6 +214,13 @@ def _count_redis_failures(metrics: Metrics) -> Callable[[], None]:
         unavailable.observer = previous
 
     return restore
+
+
+async def _stop_ingest(ingest: MnsIngest, task: asyncio.Task[None], within: float) -> None:
+    """Let the batch in hand be recorded and deleted, for up to `within` seconds."""
+    ingest.stop()
+    with suppress(TimeoutError):
+        await asyncio.wait_for(task, within)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

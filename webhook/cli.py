@@ -566,8 +566,14 @@ async def ingest_mns(settings: Settings, args: argparse.Namespace) -> int:
                 flush=True,
             )
             running = asyncio.create_task(ingest.run())
+
+            def stop() -> None:  # the first signal lets the batch in hand finish; a second cuts it
+                if ingest.stopping:
+                    running.cancel()
+                ingest.stop()
+
             for sig in (signal.SIGINT, signal.SIGTERM):
-                asyncio.get_running_loop().add_signal_handler(sig, running.cancel)
+                asyncio.get_running_loop().add_signal_handler(sig, stop)
             with suppress(asyncio.CancelledError):
                 await running
         finally:

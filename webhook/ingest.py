@@ -17,6 +17,7 @@ import base64
 import binascii
 import traceback
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -95,7 +96,7 @@ def ingest_from_settings(
 
 
 class MnsIngest:
-    """Takes VOD's events from `queue` into `store` until cancelled (`run`)."""
+    """Takes VOD's events from `queue` into `store` (`run`) until stopped (`stop`)."""
 
     def __init__(
         self,
@@ -116,6 +117,17 @@ class MnsIngest:
         self.pollers = pollers
         self._count = count or (lambda outcome: None)
         self._store_down = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def stop(self) -> None:
+        """End `run` gently: no new long poll, the one waiting ends, and what was received is
+        recorded and deleted first (a cancelled batch would come back only after the queue's
+        VisibilityTimeout)."""
+        self._stopping.set()
 
     async def check(self) -> None:
         """One poll that does not wait, so that a queue MNS refuses (a wrong name, endpoint
@@ -134,7 +146,7 @@ class MnsIngest:
             await self.ingest(messages)
 
     async def run(self) -> None:
-        """Poll with `pollers` concurrent long polls until cancelled."""
+        """Poll with `pollers` concurrent long polls until stopped (or cancelled)."""
         logger.info("ingest_started", endpoint=self.queue.endpoint, queue=self.queue.name,
                     pollers=self.pollers)  # fmt: skip
         async with asyncio.TaskGroup() as group:
@@ -143,11 +155,14 @@ class MnsIngest:
 
     async def _poll_forever(self) -> None:
         failures = 0
-        while True:
+        while not self._stopping.is_set():
             if self._store_down.is_set():
                 await self._await_store()
+                continue
             try:
-                await self.poll_once()
+                messages = await self._receive_unless_stopped()
+                if messages:
+                    await self.ingest(messages)  # to its end, even if stopped meanwhile
             except Exception as exc:
                 failures += 1
                 delay = min(_MAX_BACKOFF_SECONDS, 0.5 * 2**failures)
@@ -157,9 +172,28 @@ class MnsIngest:
                     log("mns_unavailable", error=str(exc), retry_in_s=delay)
                 else:  # a bug: logged with its traceback, and polling goes on
                     logger.exception("ingest_failed", retry_in_s=delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
             else:
                 failures = 0
+        logger.info("ingest_stopped", queue=self.queue.name)
+
+    async def _receive_unless_stopped(self) -> list[MnsMessage]:
+        """A long poll's messages; [] when stopped while it waited."""
+        receiving = asyncio.ensure_future(self.queue.receive(MAX_BATCH, self.wait_seconds))
+        stopping = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({receiving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (stopping, receiving):  # cancelling a finished one changes nothing
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+        return [] if receiving.cancelled() else receiving.result()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep, unless stopped meanwhile."""
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
 
     async def poll_once(self) -> int:
         """One long poll and what it brought handled; returns how many messages came."""
@@ -276,12 +310,12 @@ class MnsIngest:
     async def _await_store(self) -> None:
         """Back off until Redis takes writes again."""
         delay = 0.5
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self.store.ensure_ready()
             except StoreUnavailable as exc:
                 logger.warning("ingest_paused", reason=exc.detail, retry_in_s=delay)
-                await asyncio.sleep(delay)
+                await self._pause(delay)
                 delay = min(_MAX_BACKOFF_SECONDS, delay * 2)
             else:
                 self._store_down.clear()

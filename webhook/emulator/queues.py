@@ -44,6 +44,7 @@ import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -406,6 +407,27 @@ class MnsQueues:
 Operation = Callable[[Request, str], Awaitable[Response]]
 
 
+async def _unless_disconnected(
+    request: Request, receiving: Awaitable[list[Message]]
+) -> list[Message]:
+    """A long poll's messages, or none once its client has gone: messages taken for a closed
+    connection would stay hidden for the VisibilityTimeout with a handle nobody holds."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    poll, watch = asyncio.ensure_future(receiving), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({poll, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (watch, poll):  # a poll still waiting holds no message yet
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+    return [] if poll.cancelled() else poll.result()
+
+
 async def read_body(request: Request) -> bytes:
     """The request body, refused past MAX_REQUEST_BODY without reading it all."""
     body = bytearray()
@@ -550,7 +572,7 @@ class QueueApi:
         wait = queue.attributes.polling_wait_seconds
         if "waitseconds" in params:
             wait = bounded_int("waitseconds", params["waitseconds"], 0, MAX_WAIT_SECONDS, "seconds")
-        received = await queue.receive(count, wait)
+        received = await _unless_disconnected(request, queue.receive(count, wait))
         if not received:
             raise message_not_exist(f"no message was visible within {wait} s")
         if batch:
