@@ -45,8 +45,8 @@ bench-cluster: $(STAMP) redis-server wrk
 	$(BIN)/python -m bench.cluster $(BENCH_ARGS)
 
 ## faults: prove the guarantees under faults (Redis and receiver killed, Redis paused or out of
-## memory, duplicate bursts, a cluster's and a Sentinel's master killed) and fuzz every endpoint
-## with 10,000 cases; prints the figures
+## memory, duplicate bursts, a cluster's and a Sentinel's master killed, MNS ingest stopped and
+## killed) and fuzz every endpoint with 10,000 cases; prints the figures
 faults: $(STAMP) redis-server
 	$(BIN)/pytest tests/test_fuzz.py --hypothesis-profile=faults --hypothesis-show-statistics \
 	  -p no:randomly -o addopts="" --timeout 3600 -q; fuzz=$$?; \

@@ -1,5 +1,6 @@
 """The processes the benchmarks and fault scenarios run: their own redis-server, the real
-`vod-webhook serve`, any other server command, and the CPU time and memory of a process tree."""
+`vod-webhook serve`, `emulator` and `ingest-mns`, any other server command, and the CPU time and
+memory of a process tree."""
 
 from __future__ import annotations
 
@@ -20,10 +21,14 @@ from typing import Self
 import httpx
 import redis
 
+from webhook.mns import AccessKey
+
 COMMAND = str(Path(sys.executable).parent / "vod-webhook")
 # At least 16 characters, upper and lower case letters and digits, as VOD allows.
 AUTH_KEY = "FaultSuite1234Key5678"
 START_SECONDS = 30
+# The AccessKey pair the emulator accepts, at VOD's API and at its MNS.
+ACCESS_KEY = AccessKey("LTAI5tFaultSuiteKey", "fault-suite-secret-0123456789")
 
 
 class SetupError(RuntimeError):
@@ -60,15 +65,26 @@ class _Server:
             self.process.wait(10)
             self.process = None
 
-    def stop(self) -> None:
-        if self.process is not None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
-            self.process = None
+    def stop(self) -> int | None:
+        """SIGTERM, SIGKILL if it is not gone in 20 s; its exit code (None: it was not running)."""
+        if self.process is None:
+            return None
+        self.process.terminate()
+        try:
+            code = self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            code = self.process.wait(10)
+        self.process = None
+        return code
+
+    def _launch(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        with log.open("ab") as output:
+            self.process = subprocess.Popen([COMMAND, *args], env=env, stdout=output, stderr=output)
+
+    def _check_running(self, what: str, log: Path) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise SetupError(f"{what} exited with {self.process.returncode}; see {log}")
 
     def __enter__(self) -> Self:
         self.start()
@@ -78,6 +94,14 @@ class _Server:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def own_env() -> dict[str, str]:
+    """This environment without its VOD_WEBHOOK_* and ALIBABA_* settings: a process of the run
+    is configured by the run alone (and never reaches Alibaba Cloud's metadata service)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOD_WEBHOOK_", "ALIBABA_"))}
+    env["ALIBABA_CLOUD_ECS_METADATA_DISABLED"] = "true"
+    return env
 
 
 class RedisProcess(_Server):
@@ -140,12 +164,9 @@ class Receiver(_Server):
         self.base = f"http://127.0.0.1:{self.port}"
         self.callback_url = f"{self.base}/callbacks/vod"
         self.log = log
-        self.env = {
-            k: v for k, v in os.environ.items() if not k.startswith(("VOD_WEBHOOK_", "ALIBABA_"))
-        }
+        self.env = own_env()
         self.env.update(
             {
-                "ALIBABA_CLOUD_ECS_METADATA_DISABLED": "true",
                 "VOD_WEBHOOK_REDIS_URL": redis_url,
                 "VOD_WEBHOOK_AUTH_KEYS": AUTH_KEY,
                 "VOD_WEBHOOK_CALLBACK_URL": self.callback_url,
@@ -159,21 +180,13 @@ class Receiver(_Server):
         self.starts = 0
 
     def start(self, *, wait_ready: bool = True) -> None:
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [COMMAND, "serve", "--port", str(self.port), "--workers", str(self.workers)],
-                env=self.env,
-                stdout=log,
-                stderr=log,
-            )
+        args = ["serve", "--port", str(self.port), "--workers", str(self.workers)]
+        self._launch(args, self.env, self.log)
         self.starts += 1
         poll(self.ready if wait_ready else self.listening, f"vod-webhook serve on {self.base}")
 
     def _get(self, path: str) -> int | None:
-        if self.process is not None and self.process.poll() is not None:
-            raise SetupError(
-                f"vod-webhook serve exited with {self.process.returncode}; see {self.log}"
-            )
+        self._check_running("vod-webhook serve", self.log)
         try:
             return httpx.get(f"{self.base}{path}", timeout=2).status_code
         except httpx.HTTPError:
@@ -195,6 +208,76 @@ class Receiver(_Server):
         """Log lines carrying a traceback (an unexpected exception in the receiver)."""
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         return sum(1 for line in text.splitlines() if "Traceback" in line)
+
+
+class Emulator(_Server):
+    """`vod-webhook emulator` on a fixed loopback port, accepting ACCESS_KEY; also the MNS
+    endpoint of the queues created on it."""
+
+    def __init__(self, log: Path, *, port: int | None = None):
+        self.port = port or free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        access_key = f"{ACCESS_KEY.id}:{ACCESS_KEY.secret}"
+        self._launch(["emulator", "--port", str(self.port), "--access-key", access_key],
+                     own_env(), self.log)  # fmt: skip
+        poll(self.answers, f"vod-webhook emulator on {self.base}")
+
+    def answers(self) -> bool:
+        self._check_running("vod-webhook emulator", self.log)
+        try:
+            return httpx.get(f"{self.base}/_emulator/state", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def queue_counts(self, name: str) -> dict[str, int]:
+        """The queue's messages now (visible, invisible, delayed) and so far (sent, received,
+        deleted)."""
+        state = httpx.get(f"{self.base}/_emulator/state", timeout=10).json()
+        counts: dict[str, int] = state["queues"][name]
+        return counts
+
+
+class Ingester(_Server):
+    """`vod-webhook ingest-mns` taking MNS queue `queue` at `endpoint` (signing with
+    ACCESS_KEY) into Redis at `redis_url`, logging JSON lines to a file."""
+
+    def __init__(
+        self, redis_url: str, endpoint: str, queue: str, log: Path, **settings: str
+    ) -> None:
+        self.log = log
+        self.env = own_env()
+        self.env.update(
+            {
+                "ALIBABA_CLOUD_ACCESS_KEY_ID": ACCESS_KEY.id,
+                "ALIBABA_CLOUD_ACCESS_KEY_SECRET": ACCESS_KEY.secret,
+                "VOD_WEBHOOK_REDIS_URL": redis_url,
+                "VOD_WEBHOOK_MNS_ENDPOINT": endpoint,
+                "VOD_WEBHOOK_MNS_QUEUE": queue,
+                "VOD_WEBHOOK_LOG_FORMAT": "json",
+                # Info: the log tells each message's fate, and each pause and resumption.
+                "VOD_WEBHOOK_LOG_LEVEL": "info",
+                "VOD_WEBHOOK_VOD_ENDPOINT": "http://127.0.0.1:9",
+            }
+        )
+        self.env.update({f"VOD_WEBHOOK_{k.upper()}": v for k, v in settings.items()})
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Once it has checked the queue and ingests (it says so on stderr)."""
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        self._launch(["ingest-mns"], self.env, self.log)
+
+        def ingesting() -> bool:
+            self._check_running("vod-webhook ingest-mns", self.log)
+            with self.log.open("rb") as log:
+                log.seek(offset)
+                return b"ingesting MNS queue" in log.read()
+
+        poll(ingesting, f"vod-webhook ingest-mns ({self.log.name})")
 
 
 @contextmanager

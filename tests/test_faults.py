@@ -1,13 +1,14 @@
 """The fault suite at small scale (`make faults` runs it at full scale, bench/faults): Redis
 killed and restarted, the receiver killed and restarted, Redis paused, a burst of duplicates,
-Redis out of memory. Each runs the real `vod-webhook serve` and its own redis-server in
-subprocesses, and checks the guarantees the README's "Guarantees" section promises."""
+Redis out of memory, MNS ingest stopped and killed. Each runs the real `vod-webhook serve` (or
+`emulator` and `ingest-mns`) and its own redis-server in subprocesses, and checks the guarantees
+the README's "Guarantees" (and "Receiving through MNS instead") section promises."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from bench.faults import scenarios
+from bench.faults import mns, scenarios
 from bench.faults.figures import Figures
 
 
@@ -44,3 +45,13 @@ async def test_concurrent_copies_of_one_callback_make_one_entry(tmp_path: Path) 
 async def test_redis_out_of_memory_answers_503_and_not_ready(tmp_path: Path) -> None:
     """maxmemory + noeviction: callbacks 503, /readyz 503; both 200 once memory is freed."""
     assert_kept(await scenarios.redis_oom(tmp_path))
+
+
+async def test_mns_ingest_stopped_killed_and_without_redis_loses_nothing(tmp_path: Path) -> None:
+    """Both ingests stopped while events are written, one SIGKILLed, Redis killed -9: every
+    event the queue accepted is in the stream once, the queue ends empty, SIGTERM exits 0."""
+    # A short VisibilityTimeout: what a killed ingest held comes back in 2 s rather than 30.
+    figures = await mns.mns_ingest(
+        tmp_path, events=150, rate=100, stopped_seconds=2, visibility_timeout=2
+    )
+    assert_kept(figures)

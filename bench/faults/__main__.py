@@ -17,9 +17,10 @@ from pathlib import Path
 
 from bench.faults.failover import FAILOVERS
 from bench.faults.figures import Figures
+from bench.faults.mns import MNS_SCENARIOS
 from bench.faults.scenarios import SCENARIOS
 
-ALL = {**SCENARIOS, **FAILOVERS}
+ALL = {**SCENARIOS, **FAILOVERS, **MNS_SCENARIOS}
 
 COLUMNS = [
     ("scenario", "scenario", 40),
@@ -48,7 +49,9 @@ def table(results: list[Figures]) -> str:
     lines.append(
         "200/503/5xx/4xx/none: HTTP answers (none: refused, reset or timed out); acked: callbacks "
         "answered 200; lost: acked but not in the stream; dups: extra stream entries; gave up: "
-        "callbacks VOD would drop after its 3 attempts (reconciliation recovers them)."
+        "callbacks VOD would drop after its 3 attempts (reconciliation recovers them). MNS "
+        "ingest: callbacks are the events written into the queue, requests the messages (some "
+        "events twice), acked the messages the queue accepted; lost: accepted, not in the stream."
     )
     for figures in results:
         lines.append("")

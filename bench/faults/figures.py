@@ -52,16 +52,22 @@ class Figures:
 
 def stream_job_counts(client: redis.Redis, stream: str = "vod:stream") -> Counter[str]:
     """How many stream entries each JobId has (outcome envelopes only)."""
-    counts: Counter[str] = Counter()
+    return Counter({job: len(ms) for job, ms in stream_job_times(client, stream).items()})
+
+
+def stream_job_times(client: redis.Redis, stream: str = "vod:stream") -> dict[str, list[int]]:
+    """When each JobId's stream entries were added, in ms since the epoch (their ids' first
+    part: Redis's clock); outcome envelopes only."""
+    times: dict[str, list[int]] = {}
     start = "-"
     while True:
         entries: Any = client.xrange(stream, min=start, count=5000)
         if not entries:
-            return counts
+            return times
         for entry_id, fields in entries:
             envelope = json.loads(fields["envelope"])
             if envelope.get("job_id"):
-                counts[envelope["job_id"]] += 1
+                times.setdefault(envelope["job_id"], []).append(int(entry_id.split("-")[0]))
             start = f"({entry_id}"
 
 
