@@ -7,7 +7,7 @@ import asyncio
 import base64
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import httpx
@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 from structlog.testing import capture_logs
 
 from tests.conftest import (
+    RedisServer,
     ServeApp,
     StoreFactory,
     eventually,
@@ -23,7 +24,7 @@ from tests.conftest import (
     job_callback,
     stream_entries,
 )
-from webhook.connection import connect
+from webhook.connection import RedisClient, connect
 from webhook.deadletters import MNS_GROUP, NotRedrivable, dead_letters, redrive_dead_letters
 from webhook.emulator import EmulatorOptions, create_emulator_app
 from webhook.errors import PayloadError
@@ -86,7 +87,7 @@ async def queue_counts(mns: str, name: str = QUEUE) -> dict[str, int]:
     return counts
 
 
-async def envelopes(redis: Redis) -> list[dict[str, Any]]:
+async def envelopes(redis: RedisClient) -> list[dict[str, Any]]:
     entries = await stream_entries(redis, "vod:stream")
     return [json.loads(fields["envelope"]) for _, fields in entries]
 
@@ -164,6 +165,39 @@ async def test_with_redis_out_of_reach_nothing_is_deleted_and_all_arrives_later(
         "job-1",
         "job-2",
     ]
+
+
+async def test_running_ingest_pauses_while_redis_is_down_and_resumes_when_it_is_back(
+    make_queue: Queues, make_store: StoreFactory, own_redis: RedisServer, mns: str
+) -> None:
+    redis = connect(own_redis.url, timeout=0.5, max_connections=8)
+    ingest = ingest_of(make_queue(), make_store(redis))
+    queue = make_queue()
+    with capture_logs() as logs:
+        running = asyncio.create_task(ingest.run())
+        try:
+            await queue.send(json.dumps(job_callback("job-before")))
+            await eventually(_logged(logs, "message_accepted"), 10, "the first event")
+            own_redis.stop()
+            for n in range(3):
+                await queue.send(json.dumps(job_callback(f"job-{n}")))
+            await eventually(_logged(logs, "ingest_paused"), 10, "ingest to pause")
+            counts = await queue_counts(mns)
+            assert counts["visible"] + counts["invisible"] == 3, "nothing deleted meanwhile"
+            own_redis.start()  # empty: it kept nothing on disk
+            await eventually(_logged(logs, "ingest_resumed"), 15, "ingest to resume")
+            await eventually(_empty(mns), 15, "an empty queue")
+        finally:
+            ingest.stop()
+            await asyncio.wait_for(running, 10)
+    assert sorted(e["job_id"] for e in await envelopes(redis)) == ["job-0", "job-1", "job-2"]
+
+
+def _logged(logs: list[MutableMapping[str, Any]], event: str) -> Callable[[], Awaitable[bool]]:
+    async def logged() -> bool:
+        return any(log["event"] == event for log in logs)
+
+    return logged
 
 
 async def test_a_message_that_keeps_failing_is_dead_lettered_and_deleted(
