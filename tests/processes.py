@@ -61,7 +61,18 @@ class Process:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int:
         if self.popen.poll() is None:
             self.popen.send_signal(sig)
-        code = self.popen.wait(timeout)
+        try:
+            code = self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            # Killed so that nothing outlives the test, and its last words say where it hung.
+            self.popen.kill()
+            self.popen.wait(timeout)
+            for reader in self._readers:
+                reader.join(timeout)
+            raise AssertionError(
+                f"{self.popen.args!r} did not stop within {timeout} s of signal {sig}; its last "
+                "output:\n" + "".join(self.stderr[-30:])
+            ) from None
         for reader in self._readers:  # they end at the pipes' end: every line is in
             reader.join(timeout)
         return code

@@ -23,7 +23,7 @@ from tests.conftest import (
     vod_headers,
 )
 from tests.processes import serving
-from webhook.app import create_app
+from webhook.app import _cancel, create_app
 from webhook.settings import ConfigError, Settings
 from webhook.signature import sign
 from webhook.store import Store
@@ -455,3 +455,24 @@ def test_refuses_to_run_unsigned_or_without_the_registered_url(
         create_app(make_settings(auth_keys=""))
     with pytest.raises(ConfigError, match="CALLBACK_URL is required"):
         create_app(make_settings(callback_url=None))
+
+
+async def test_background_work_that_lost_a_cancellation_is_cancelled_again() -> None:
+    """As a redis-py read can swallow a cancellation: shutdown must not wait for ever."""
+    swallowed = 0
+
+    async def loop_on() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed:
+                    raise
+                swallowed += 1  # lost, as a library might lose it
+
+    task = asyncio.create_task(loop_on())
+    await asyncio.sleep(0)
+    await asyncio.wait_for(_cancel(task), 5)
+    assert task.cancelled()
+    assert swallowed == 1

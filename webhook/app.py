@@ -219,12 +219,17 @@ def _count_redis_failures(metrics: Metrics) -> Callable[[], None]:
 async def _stop_ingest(ingest: MnsIngest, task: asyncio.Task[None], within: float) -> None:
     """Let the batch in hand be recorded and deleted, for up to `within` seconds."""
     ingest.stop()
-    with suppress(TimeoutError):
-        await asyncio.wait_for(task, within)
+    await asyncio.wait({task}, timeout=within)
+    await _cancel(task)
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    """Cancel `task` and wait for its end, cancelling it again while it runs on: redis-py can
+    lose a cancellation (seen in a blocking read), and a loop that lost one would hold up
+    shutdown for ever."""
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
     with suppress(asyncio.CancelledError):
         await task
 
