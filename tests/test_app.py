@@ -473,6 +473,8 @@ async def test_background_work_that_lost_a_cancellation_is_cancelled_again() -> 
 
     task = asyncio.create_task(loop_on())
     await asyncio.sleep(0)
-    await asyncio.wait_for(_cancel(task), 5)
+    cancelling = asyncio.create_task(_cancel(task))
+    await asyncio.wait({cancelling}, timeout=5)  # unlike wait_for, it cancels nothing itself
+    assert cancelling.done(), "a lost cancellation held it up"
     assert task.cancelled()
     assert swallowed == 1
