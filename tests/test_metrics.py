@@ -384,11 +384,16 @@ def workers_of(supervisor: int) -> list[int]:
     """The `--workers` processes of a `serve` (not multiprocessing's resource tracker)."""
     from bench.processes import process_tree
 
-    return [
-        pid
-        for pid in process_tree(supervisor)[1:]
-        if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    return [pid for pid in process_tree(supervisor)[1:] if b"spawn_main" in _cmdline(pid)]
+
+
+def _cmdline(pid: int) -> bytes:
+    """A process's command line; empty once it has gone (a killed worker may, between the
+    listing and the read)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
 
 
 def test_serve_with_two_workers_sums_them_and_forgets_dead_ones(
