@@ -26,7 +26,7 @@ import structlog
 
 from webhook.deadletters import MNS_GROUP
 from webhook.errors import PayloadError, StoreUnavailable
-from webhook.events import Envelope, parse_callback
+from webhook.events import parse_callback
 from webhook.mns import MAX_BATCH, MnsError, MnsMessage, MnsQueue, chain_credentials
 from webhook.settings import ENV_PREFIX, ConfigError, Settings
 from webhook.store import Recorded, Store
@@ -236,8 +236,7 @@ class MnsIngest:
         try:
             envelope = parse_callback(decode_body(message.body), received_at)
             envelope = envelope.model_copy(update={"source": "mns"})
-            hold = self._holds(envelope)
-            recorded = await (self.store.hold(envelope) if hold else self.store.record(envelope))
+            recorded, hold = await self.store.accept(envelope, verify_outcomes=self.verify_outcomes)
         except Exception as exc:  # each message's failure is its own, decided in `ingest`
             expected = isinstance(exc, StoreUnavailable | PayloadError)
             (log.warning if expected else log.error)("message_failed", error=_describe(exc))
@@ -247,10 +246,6 @@ class MnsIngest:
         log.info(f"message_{outcome}", id=recorded.id, event_type=envelope.event_type,
                  job_id=envelope.job_id)  # fmt: skip
         return recorded
-
-    def _holds(self, envelope: Envelope) -> bool:
-        # As the receiver: with VERIFY_OUTCOMES a job outcome waits for ListDynamicImage.
-        return self.verify_outcomes and envelope.is_job_outcome and bool(envelope.job_id)
 
     async def _dead_letter(self, given_up: list[tuple[MnsMessage, _Failure]]) -> bool:
         """Append each message, with its error, to the dead-letter stream; False if Redis

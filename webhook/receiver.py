@@ -59,10 +59,7 @@ class CallbackReceiver:
             envelope = parse_callback(body, received_at)
             event_type = envelope.event_type
             log = log.bind(event_type=event_type, job_id=envelope.job_id)
-            # VOD does not sign the body: with VERIFY_OUTCOMES a job outcome is held, stored,
-            # until ListDynamicImage confirms it (webhook/verify.py).
-            hold = self.verify_outcomes and envelope.is_job_outcome and bool(envelope.job_id)
-            recorded = await (self.store.hold(envelope) if hold else self.store.record(envelope))
+            recorded, hold = await self.store.accept(envelope, verify_outcomes=self.verify_outcomes)
         except WebhookError as exc:
             seconds = time.perf_counter() - started
             self.metrics.failed(event_type, exc, seconds)

@@ -168,6 +168,13 @@ class Store:
                 if not present:
                     await self.redis.script_load(script.script)
 
+    async def accept(self, envelope: Envelope, *, verify_outcomes: bool) -> tuple[Recorded, bool]:
+        """Record `envelope`, or with VERIFY_OUTCOMES hold it if it is a job outcome (VOD does
+        not sign the body: it is published once ListDynamicImage confirms it, webhook/verify.py);
+        whether it was held."""
+        hold = verify_outcomes and envelope.is_job_outcome and bool(envelope.job_id)
+        return await (self.hold(envelope) if hold else self.record(envelope)), hold
+
     async def record(self, envelope: Envelope) -> Recorded:
         """Record and fan out `envelope` unless its job outcome or event was recorded before."""
         keys, args = self.record_arguments(envelope)
